@@ -1,0 +1,80 @@
+// Just enough of the IPv4 and IPv6 headers for the data path: version, addresses, and the
+// conversion between textual addresses and the byte forms the tunnel table keys on.
+
+import { isIPv4, isIPv6 } from 'node:net';
+
+export const IPV4_HEADER_MIN = 20;
+export const IPV6_HEADER_SIZE = 40;
+export const IPV4_SRC_OFFSET = 12;
+export const IPV4_DST_OFFSET = 16;
+export const IPV6_SRC_OFFSET = 8;
+export const IPV6_DST_OFFSET = 24;
+/** Values of the version nibble. */
+export const IP_VERSION_4 = 4;
+export const IP_VERSION_6 = 6;
+
+export class AddressError extends Error {
+  override name = 'AddressError';
+}
+
+/** An IPv4 address as an unsigned 32-bit number. */
+export function ipv4ToNumber(address: string): number {
+  if (!isIPv4(address)) throw new AddressError(`"${address}" is not an IPv4 address`);
+  return address.split('.').reduce((n, part) => n * 256 + Number(part), 0);
+}
+
+export function numberToIpv4(n: number): string {
+  return [n >>> 24, (n >>> 16) & 255, (n >>> 8) & 255, n & 255].join('.');
+}
+
+/** An IPv6 address as 16 bytes (accepts every textual form node:net accepts, including ::ffff:a.b.c.d). */
+export function ipv6ToBytes(address: string): Buffer {
+  if (!isIPv6(address)) throw new AddressError(`"${address}" is not an IPv6 address`);
+  let text = address.split('%')[0]!;
+  const dotted = /(\d+\.\d+\.\d+\.\d+)$/.exec(text);
+  if (dotted) {
+    const v4 = ipv4ToNumber(dotted[1]!);
+    text = `${text.slice(0, -dotted[1]!.length)}${(v4 >>> 16).toString(16)}:${(v4 & 0xffff).toString(16)}`;
+  }
+  const [head, tail] = text.split('::') as [string, string | undefined];
+  const headGroups = head ? head.split(':') : [];
+  const tailGroups = tail ? tail.split(':') : [];
+  const zeros = tail === undefined ? 0 : 8 - headGroups.length - tailGroups.length;
+  const groups = [...headGroups, ...Array<string>(zeros).fill('0'), ...tailGroups];
+  const out = Buffer.alloc(16);
+  groups.forEach((g, i) => out.writeUInt16BE(parseInt(g, 16), i * 2));
+  return out;
+}
+
+export function bytesToIpv6(bytes: Buffer, start = 0): string {
+  const groups: string[] = [];
+  for (let i = 0; i < 8; i++) groups.push(bytes.readUInt16BE(start + i * 2).toString(16));
+  // Compress the longest run of zero groups (RFC 5952).
+  let bestStart = -1;
+  let bestLength = 0;
+  for (let i = 0; i < 8; ) {
+    if (groups[i] !== '0') {
+      i++;
+      continue;
+    }
+    let j = i;
+    while (j < 8 && groups[j] === '0') j++;
+    if (j - i > bestLength && j - i > 1) {
+      bestStart = i;
+      bestLength = j - i;
+    }
+    i = j;
+  }
+  if (bestStart < 0) return groups.join(':');
+  return `${groups.slice(0, bestStart).join(':')}::${groups.slice(bestStart + bestLength).join(':')}`;
+}
+
+/** 32-bit FNV-1a of 16 address bytes: the key of the IPv6 tunnel map (collisions are checked). */
+export function hashIpv6(buf: Buffer, start: number): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < 16; i++) {
+    h ^= buf[start + i]!;
+    h = Math.imul(h, 0x01000193);
+  }
+  return h >>> 0;
+}

@@ -1,0 +1,71 @@
+// The userspace tunnel engine: a TUN device and one UDP port, the tunnel table between them, and
+// the timers that keep NAT mappings open. The two data-path directions are inside.ts and
+// outside.ts; this file wires them to the devices and owns their batches.
+
+import { KEEPALIVE_DATAGRAM } from '../protocol/demux.js';
+import { ESP_MAX_OVERHEAD } from '../protocol/esp.js';
+import { EngineCounters } from './counters.js';
+import { Inside } from './inside.js';
+import { PacketBatch, type DatagramSocket, type PacketDevice } from './io.js';
+import { Outside, type ControlHandler } from './outside.js';
+import { type TunnelTable } from './tunnel-table.js';
+
+export interface EngineOptions {
+  /** Packets per batch each way. */
+  batchSize?: number;
+  onControl?: ControlHandler;
+  /** Milliseconds; tests pass a fake clock. */
+  now?: () => number;
+}
+
+/** The largest inner packet the engine accepts: the TUN MTU bounds it, this bounds the slots. */
+const MAX_INNER = 9000;
+
+export class Engine {
+  readonly counters = new EngineCounters();
+  private readonly inside: Inside;
+  private readonly outside: Outside;
+  private keepaliveTimer: NodeJS.Timeout | null = null;
+
+  constructor(
+    readonly device: PacketDevice,
+    readonly socket: DatagramSocket,
+    readonly table: TunnelTable,
+    opts: EngineOptions = {},
+  ) {
+    const batchSize = opts.batchSize ?? 64;
+    const innerSlot = Math.min(MAX_INNER, device.mtu);
+    const now = opts.now ?? Date.now;
+    this.inside = new Inside(table, socket, new PacketBatch(batchSize, align(innerSlot + ESP_MAX_OVERHEAD)), this.counters, now);
+    this.outside = new Outside(table, device, new PacketBatch(batchSize, align(innerSlot)), this.counters, now, opts.onControl ?? null);
+  }
+
+  start(): void {
+    this.device.start((batch) => this.inside.handle(batch));
+    this.socket.start((batch) => this.outside.handle(batch));
+    const periods = [...this.table.tunnels()].map((t) => t.keepaliveSeconds).filter((s) => s > 0);
+    if (periods.length > 0) {
+      this.sendKeepalives();
+      this.keepaliveTimer = setInterval(() => this.sendKeepalives(), Math.min(...periods) * 1000);
+      this.keepaliveTimer.unref();
+    }
+  }
+
+  /** RFC 3948 NAT keepalives to every tunnel that asks for them and has an endpoint. */
+  sendKeepalives(): void {
+    for (const t of this.table.tunnels()) {
+      if (t.keepaliveSeconds > 0 && t.endpoint !== null) this.socket.sendOne(KEEPALIVE_DATAGRAM as Buffer, t.endpoint);
+    }
+  }
+
+  stop(): void {
+    if (this.keepaliveTimer) clearInterval(this.keepaliveTimer);
+    this.keepaliveTimer = null;
+    this.device.close();
+    this.socket.close();
+  }
+}
+
+function align(n: number): number {
+  return (n + 63) & ~63;
+}
