@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The README's test command: set-up (Debian packages, npm ci, build), then the whole suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+exec npm test --silent
