@@ -1,0 +1,82 @@
+// The kernel UDP socket behind router/io.ts DatagramSocket: one port for control and ESP
+// (ARCHITECTURE §2.2), dual-stack by default ('::' with IPV6_V6ONLY=0, IPv4 peers v4-mapped),
+// 4 MiB kernel buffers, recvmmsg/sendmmsg batches into one preallocated PacketBatch driven by
+// uv_poll. Endpoints are the 28-byte form of protocol/endpoint.ts.
+import { PacketBatch, SOCKADDR_SIZE, type DatagramSocket } from '../router/io.js';
+import { close, pollStart, pollStop, recvBatch, sendBatch, udpOpen, type PollHandle } from './native.js';
+
+export interface UdpOptions {
+  /** '::' (default, dual-stack), an IPv6 address, or an IPv4 address (IPv4-only socket). */
+  bindAddress?: string;
+  /** 0 = ephemeral; see .port for the one bound. */
+  port: number;
+  /** Datagrams per receive batch (default 64). */
+  batch?: number;
+  /** Receive slot size (default 2048); a longer datagram is delivered with length 0. */
+  slotSize?: number;
+}
+
+const MAX_ROUNDS = 16;
+
+export class UdpSocket implements DatagramSocket {
+  private handle: PollHandle | undefined;
+  private closed = false;
+  private readonly rx: PacketBatch;
+  private readonly oneLength = new Int32Array(1);
+  private static readonly EMPTY = Buffer.alloc(1);
+
+  private constructor(
+    readonly fd: number,
+    readonly port: number,
+    readonly bindAddress: string,
+    batch: number,
+    slotSize: number,
+  ) {
+    this.rx = new PacketBatch(batch, slotSize);
+  }
+
+  /** Opens and binds the socket (synchronous: it is one socket() and bind()). */
+  static open(options: UdpOptions): UdpSocket {
+    const { bindAddress = '::', port, batch = 64, slotSize = 2048 } = options;
+    if (!Number.isInteger(batch) || batch < 1) throw new RangeError(`batch ${batch} must be a positive integer`);
+    if (!Number.isInteger(slotSize) || slotSize < 1 || slotSize > 65536) throw new RangeError(`slotSize ${slotSize} is not in 1..65536`);
+    const { fd, port: bound } = udpOpen(bindAddress, port);
+    return new UdpSocket(fd, bound, bindAddress, batch, slotSize);
+  }
+
+  start(onDatagrams: (batch: PacketBatch) => void): void {
+    if (this.closed) throw new Error(`UDP socket :${this.port} is closed`);
+    if (this.handle) throw new Error(`UDP socket :${this.port} is already started`);
+    const { fd, rx } = this;
+    this.handle = pollStart(fd, () => {
+      for (let round = 0; round < MAX_ROUNDS && !this.closed; round++) {
+        const n = recvBatch(fd, rx.buf, rx.slotSize, rx.capacity, rx.lengths, rx.addrs);
+        if (n === 0) return;
+        rx.count = n;
+        onDatagrams(rx);
+        if (n < rx.capacity) return;
+      }
+    });
+  }
+
+  send(batch: PacketBatch): number {
+    if (this.closed || batch.count === 0) return 0;
+    return sendBatch(this.fd, batch.buf, batch.slotSize, batch.lengths, batch.addrs, batch.count);
+  }
+
+  sendOne(data: Buffer, sockaddr: Buffer): boolean {
+    if (this.closed) return false;
+    if (sockaddr.length < SOCKADDR_SIZE) throw new RangeError(`sockaddr must be ${SOCKADDR_SIZE} bytes`);
+    this.oneLength[0] = data.length;
+    const buf = data.length > 0 ? data : UdpSocket.EMPTY;
+    return sendBatch(this.fd, buf, buf.length, this.oneLength, sockaddr, 1) === 1;
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.handle) pollStop(this.handle);
+    this.handle = undefined;
+    close(this.fd);
+  }
+}
