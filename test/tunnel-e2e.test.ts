@@ -8,6 +8,9 @@ import { Lab } from '../lab/lab.js';
 import { internetWithNats } from '../lab/topology.js';
 import { staticPair, startNode } from '../lab/static-node.js';
 import { type Host } from '../lab/lab.js';
+import { tsharkDecrypt } from './tools/tshark.js';
+import path from 'node:path';
+import { once } from 'node:events';
 
 // The programs in the lab are the real thing, not instrumented by the test runner.
 delete process.env.NODE_OPTIONS;
@@ -42,9 +45,36 @@ for (const suite of ['aes-gcm', 'chacha20-poly1305'] as const) {
         const nodeA = await startNode(lab, net.nodeA, a);
         const nodeB = await startNode(lab, net.nodeB, b);
 
+        // Capture B's uplink while the pings run: an independent decoder must agree with ours.
+        const pcap = path.join(lab.logDir, 'nodeB-uplink.pcap');
+        const capture = lab.spawnIn(net.nodeB, 'tshark', ['-q', '-i', net.uplink, '-f', 'udp port 4500', '-w', pcap], { log: 'pipe' });
+        await new Promise<void>((resolve) => {
+          capture.stderr!.on('data', (d: Buffer) => d.toString().includes('Capturing on') && resolve());
+          setTimeout(resolve, 5000);
+        });
+        await new Promise((r) => setTimeout(r, 500));
+
         t.ok(await net.nodeA.ping('10.123.0.2', { count: 3, timeoutS: 5 }), 'A pings B by inner IPv4');
         t.ok(await net.nodeB.ping('10.123.0.1', { count: 1, timeoutS: 5 }), 'B pings A back (A endpoint learned through the NAT)');
         t.ok(await net.nodeA.ping('fd7a:6e74:6d00::2', { count: 2, timeoutS: 5 }), 'A pings B by inner IPv6');
+
+        const captured = once(capture, 'exit');
+        capture.kill('SIGINT');
+        await captured;
+        if (suite === 'aes-gcm') {
+          const sas = [
+            { family: 4 as const, src: net.addrs.nodeAPublic, dst: net.addrs.nodeB, suite, spi: a.peers[0]!.outbound.spi, key: Buffer.from(a.peers[0]!.outbound.key, 'hex'), salt: Buffer.from(a.peers[0]!.outbound.salt, 'hex') },
+            { family: 4 as const, src: net.addrs.nodeB, dst: net.addrs.nodeAPublic, suite, spi: b.peers[0]!.outbound.spi, key: Buffer.from(b.peers[0]!.outbound.key, 'hex'), salt: Buffer.from(b.peers[0]!.outbound.salt, 'hex') },
+          ];
+          const frames = await tsharkDecrypt(pcap, sas);
+          const icmp4 = frames.filter((f) => f.innerProto === 1);
+          const icmp6 = frames.filter((f) => f.innerProto === 58);
+          t.ok(frames.length >= 8, `tshark saw ${frames.length} ESP packets`);
+          t.ok(frames.every((f) => f.icvGood === true), 'tshark verified every ICV with our keys');
+          t.ok(icmp4.some((f) => f.innerSrc === '10.123.0.1' && f.innerDst === '10.123.0.2'), 'tshark decrypted A → B inner IPv4');
+          t.ok(icmp4.some((f) => f.innerSrc === '10.123.0.2' && f.innerDst === '10.123.0.1'), 'tshark decrypted B → A inner IPv4');
+          t.ok(icmp6.some((f) => f.innerSrc === 'fd7a:6e74:6d00::1' && f.innerDst === 'fd7a:6e74:6d00::2'), 'tshark decrypted inner IPv6');
+        }
 
         await transfer(t, lab, net.nodeA, net.nodeB, '10.123.0.2', 5001);
         await transfer(t, lab, net.nodeB, net.nodeA, 'fd7a:6e74:6d00::1', 5002);
