@@ -4,6 +4,7 @@
 //
 //   node dist/bench/throughput.js [--seconds N] [--only name,name] [--profile]
 
+import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { Lab } from '../lab/lab.js';
 import { twoHosts } from '../lab/topology.js';
@@ -22,7 +23,8 @@ const { values } = parseArgs({
 if (values.help) {
   process.stdout.write(`Usage: node dist/bench/throughput.js [--seconds N] [--only veth,ntmobile_chacha,...] [--profile]
 Runs iperf3 (TCP, one stream, N seconds, default 10) through each tunnel between two namespaces.
---profile writes V8 CPU profiles of our daemons (*.cpuprofile) into the lab's log directory.
+--profile writes V8 CPU profiles of our daemons (*.cpuprofile) into ./bench-profiles/
+  (read them with: node dist/bench/profile-summary.js FILE).
 Keys of the JSON line: veth, ntmobile_chacha, ntmobile_aesgcm, wireguard_go, nebula, openvpn (Mbit/s),
 ntmobile_rss_kb, wireguard_go_rss_kb (peak RSS of the sending side's daemon).
 `);
@@ -34,7 +36,8 @@ if (!Number.isFinite(seconds) || seconds < 1) {
   process.exit(2);
 }
 delete process.env.NODE_OPTIONS;
-const profileArgs = values.profile ? ['--cpu-prof'] : [];
+const profileDir = path.resolve('bench-profiles');
+const profileArgs = values.profile ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : [];
 
 const runs: [string, PeerSetup, string][] = [
   ['veth', plainVeth, ''],
@@ -87,6 +90,7 @@ const best = Math.max(result.ntmobile_chacha ?? 0, result.ntmobile_aesgcm ?? 0);
 if (wg) process.stdout.write(`\nntmobile best / wireguard-go: ${(best / wg).toFixed(2)}×`);
 if (veth) process.stdout.write(`   ntmobile best / veth: ${(best / veth).toFixed(3)}×`);
 process.stdout.write('\n');
+if (values.profile) process.stdout.write(`CPU profiles of the daemons: ${profileDir}\n`);
 process.stdout.write(
   `${JSON.stringify({
     veth,

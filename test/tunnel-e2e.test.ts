@@ -15,7 +15,7 @@ import { once } from 'node:events';
 // The programs in the lab are the real thing, not instrumented by the test runner.
 delete process.env.NODE_OPTIONS;
 
-const TRANSFER = fileURLToPath(new URL('./tools/transfer.js', import.meta.url));
+const TRANSFER = fileURLToPath(new URL('../lab/tools/transfer.js', import.meta.url));
 const MB50 = 50 * 1024 * 1024;
 
 async function transfer(t: Test, lab: Lab, from: Host, to: Host, address: string, port: number) {

@@ -1,12 +1,14 @@
 // A TCP transfer with checksums at both ends, run inside lab hosts:
 //   node transfer.js serve ADDRESS PORT      accept one connection, answer with the SHA-256 of what it read
-//   node transfer.js send ADDRESS PORT BYTES send BYTES random bytes, print {"bytes","sent","received"} hashes
+//   node transfer.js send ADDRESS PORT BYTES [BYTES_PER_SECOND]
+//                                           send BYTES random bytes (paced if a rate is given), print
+//                                           {"bytes","sent","receivedBytes","received","seconds"}
 // The server prints "listening" once it accepts connections.
 
 import { createHash, randomBytes } from 'node:crypto';
 import net from 'node:net';
 
-const [mode, address, portText, bytesText] = process.argv.slice(2);
+const [mode, address, portText, bytesText, rateText] = process.argv.slice(2);
 const port = Number(portText);
 
 if (mode === 'serve') {
@@ -25,11 +27,16 @@ if (mode === 'serve') {
   server.listen(port, address, () => process.stdout.write('listening\n'));
 } else if (mode === 'send') {
   const total = Number(bytesText);
+  const rate = rateText ? Number(rateText) : Infinity;
   const socket = net.connect({ host: address!, port });
   const hash = createHash('sha256');
+  const started = Date.now();
   let sent = 0;
-  const pump = () => {
+  const pump = (): void => {
     while (sent < total) {
+      // Pacing: never ahead of rate × elapsed time.
+      const allowed = rate === Infinity ? total : Math.min(total, ((Date.now() - started) / 1000) * rate + 65536);
+      if (sent >= allowed) return void setTimeout(pump, 10);
       const chunk = randomBytes(Math.min(65536, total - sent));
       hash.update(chunk);
       sent += chunk.length;
@@ -42,13 +49,14 @@ if (mode === 'serve') {
   socket.on('data', (d) => (reply += d.toString()));
   socket.on('end', () => {
     const remote = JSON.parse(reply) as { bytes: number; sha256: string };
-    process.stdout.write(`${JSON.stringify({ bytes: sent, sent: hash.digest('hex'), receivedBytes: remote.bytes, received: remote.sha256 })}\n`);
+    const seconds = (Date.now() - started) / 1000;
+    process.stdout.write(`${JSON.stringify({ bytes: sent, sent: hash.digest('hex'), receivedBytes: remote.bytes, received: remote.sha256, seconds })}\n`);
   });
   socket.on('error', (e) => {
     process.stderr.write(`transfer: ${e.message}\n`);
     process.exit(1);
   });
 } else {
-  process.stderr.write('usage: transfer.js serve ADDRESS PORT | send ADDRESS PORT BYTES\n');
+  process.stderr.write('usage: transfer.js serve ADDRESS PORT | send ADDRESS PORT BYTES [BYTES_PER_SECOND]\n');
   process.exit(2);
 }
