@@ -116,7 +116,6 @@ abstract class SaBase {
 export class OutboundSa extends SaBase {
   /** Sequence number of the last packet sent (0: none yet). */
   seq = 0;
-  private readonly trailer = Buffer.alloc(5);
 
   get needsRekey(): boolean {
     return this.seq >= REKEY_AFTER_PACKETS;
@@ -140,11 +139,9 @@ export class OutboundSa extends SaBase {
     const innerLength = innerEnd - innerStart;
     // Pad so that inner || padding || pad length || next header is a multiple of 4 octets.
     const padLength = (4 - ((innerLength + 2) & 3)) & 3;
-    const trailer = this.trailer;
-    for (let i = 0; i < padLength; i++) trailer[i] = i + 1;
-    trailer[padLength] = padLength;
-    trailer[padLength + 1] = nextHeader;
     const plainLength = innerLength + padLength + 2;
+    const plainStart = outStart + ESP_HEADER_SIZE + ESP_IV_SIZE;
+    const plainEnd = plainStart + plainLength;
 
     out.writeUInt32BE(this.spi, outStart);
     out.writeUInt32BE(seq, outStart + 4);
@@ -153,17 +150,23 @@ export class OutboundSa extends SaBase {
     this.nonce.writeUInt32BE(0, 4);
     this.nonce.writeUInt32BE(seq, 8);
     out.copy(this.aad, 0, outStart, outStart + 8);
+    // Lay the plaintext out where the ciphertext goes and encrypt it with one update():
+    // node:crypto returns a new buffer, which is copied back over it.
+    inner.copy(out, plainStart, innerStart, innerEnd);
+    let at = plainStart + innerLength;
+    for (let i = 1; i <= padLength; i++) out[at++] = i;
+    out[at++] = padLength;
+    out[at] = nextHeader;
 
-    const cipher = createCipheriv(this.algorithm as 'chacha20-poly1305', this.key, this.nonce, {
+    // Typed as a GCM name only to pick node's AEAD typings; chacha20-poly1305 has the same API.
+    const cipher = createCipheriv(this.algorithm as 'aes-128-gcm', this.key, this.nonce, {
       authTagLength: ESP_ICV_SIZE,
     });
-    cipher.setAAD(this.aad, { plaintextLength: plainLength });
-    let at = outStart + ESP_HEADER_SIZE + ESP_IV_SIZE;
-    at += cipher.update(inner.subarray(innerStart, innerEnd)).copy(out, at);
-    at += cipher.update(trailer.subarray(0, padLength + 2)).copy(out, at);
+    cipher.setAAD(this.aad);
+    cipher.update(out.subarray(plainStart, plainEnd)).copy(out, plainStart);
     cipher.final();
-    at += cipher.getAuthTag().copy(out, at);
-    return at - outStart;
+    cipher.getAuthTag().copy(out, plainEnd);
+    return plainEnd + ESP_ICV_SIZE - outStart;
   }
 }
 
@@ -222,10 +225,10 @@ export class InboundSa extends SaBase {
     pkt.copy(this.tag, 0, end - ESP_ICV_SIZE, end);
     const cipherStart = start + ESP_HEADER_SIZE + ESP_IV_SIZE;
     const cipherEnd = end - ESP_ICV_SIZE;
-    const decipher = createDecipheriv(this.algorithm as 'chacha20-poly1305', this.key, this.nonce, {
+    const decipher = createDecipheriv(this.algorithm as 'aes-128-gcm', this.key, this.nonce, {
       authTagLength: ESP_ICV_SIZE,
     });
-    decipher.setAAD(this.aad, { plaintextLength: cipherEnd - cipherStart });
+    decipher.setAAD(this.aad);
     decipher.setAuthTag(this.tag);
     const plain = decipher.update(pkt.subarray(cipherStart, cipherEnd));
     try {
