@@ -397,55 +397,152 @@ static napi_value recv_batch(napi_env env, napi_callback_info info) {
   return num(env, total);
 }
 
-/* sendBatch(fd, buf, slotSize, lengths, addrs, count) -> datagrams sent. Stops at EAGAIN/ENOBUFS;
- * a datagram the kernel refuses (EMSGSIZE, ENETUNREACH, an IPv6 endpoint on an IPv4 socket...) is
- * dropped and the rest still go. */
+/* UDP GSO (UDP_SEGMENT, Linux >= 4.18): one sendmsg carries several datagrams of one size to one
+ * destination and the kernel (or the NIC) cuts them apart, so a batch of equal-size ESP packets
+ * to one peer costs one trip through the socket, route and netfilter code instead of one per
+ * packet. The values are the kernel's; older libc headers (and musl) may lack them. */
+#ifndef SOL_UDP
+#define SOL_UDP 17
+#endif
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+#define GSO_MAX_SEGS 64        /* UDP_MAX_SEGMENTS on every kernel that has UDP_SEGMENT */
+#define GSO_MAX_BYTES 65507    /* 0xffff - IPv4 header - UDP header: the tightest of v4/v6 */
+#define SEND_IOV 256           /* datagrams looked at per sendmmsg */
+
+/* sendBatch state (an Int32Array owned by netlink/udp.ts, one per socket), so that the socket's
+ * domain is not asked for on every batch and a failed GSO attempt is remembered. */
+enum { ST_DOMAIN, ST_GSO, ST_SIZE };
+enum { GSO_OFF = 0, GSO_UNTRIED = 1, GSO_WORKS = 2 };
+
+/* The errors that mean "this kernel/route cannot do UDP_SEGMENT here": no support (ENOPROTOOPT,
+ * EOPNOTSUPP), a device without checksum offload or an xfrm route (EIO), a segment that would
+ * need IP fragmentation (EINVAL before Linux 6.x, EMSGSIZE since; sent alone, the datagram is
+ * fragmented, or refused again and then dropped like any other). */
+static int gso_refused(int e) {
+  return e == EINVAL || e == EIO || e == ENOPROTOOPT || e == EOPNOTSUPP || e == EMSGSIZE;
+}
+
+/* sendBatch(fd, buf, slotSize, lengths, addrs, count, state?) -> datagrams sent. Stops at
+ * EAGAIN/ENOBUFS; a datagram the kernel refuses (EMSGSIZE, ENETUNREACH, an IPv6 endpoint on an
+ * IPv4 socket...) is dropped and the rest still go. With `state` (see ST_*), consecutive
+ * datagrams to the same endpoint whose lengths are equal (the last may be shorter) go as one
+ * UDP_SEGMENT message, one iovec per slot (no copy). If the first such message is refused, GSO
+ * is turned off for the socket for good and the datagrams are sent one per message. */
 static napi_value send_batch(napi_env env, napi_callback_info info) {
-  napi_value argv[6];
-  int32_t fd, slot, count, *lens;
+  napi_value argv[7];
+  size_t argc = 7;
+  int32_t fd, slot, count, *lens, *state = NULL;
   uint8_t *buf, *addrs;
-  size_t blen, nlens, alen;
+  size_t blen, nlens, alen, nstate = 0;
   if (!args(env, info, 6, argv) || !arg_i32(env, argv[0], &fd, "fd") ||
       !arg_buf(env, argv[1], &buf, &blen, "buf") || !arg_i32(env, argv[2], &slot, "slotSize") ||
       !arg_lengths(env, argv[3], &lens, &nlens) || !arg_buf(env, argv[4], &addrs, &alen, "addrs") ||
       !arg_i32(env, argv[5], &count, "count") ||
       !check_slots(env, slot, count, blen, nlens, alen, 1))
     return NULL;
-  int domain;
-  socklen_t dl = sizeof domain;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc >= 7) {
+    napi_valuetype t;
+    napi_typeof(env, argv[6], &t);
+    if (t != napi_undefined) {
+      if (!arg_lengths(env, argv[6], &state, &nstate)) return NULL;
+      if (nstate < ST_SIZE) return throw_range(env, "state must be an Int32Array(2)");
+    }
+  }
   if (count == 0) return num(env, 0);
-  if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &dl) < 0)
-    return throw_errno(env, errno, "getsockopt SO_DOMAIN fd %d", fd);
-  struct mmsghdr msgs[CHUNK];
-  struct iovec iov[CHUNK];
+  int domain = state ? state[ST_DOMAIN] : 0;
+  if (domain == 0) {
+    socklen_t dl = sizeof domain;
+    if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &dl) < 0)
+      return throw_errno(env, errno, "getsockopt SO_DOMAIN fd %d", fd);
+    if (state) state[ST_DOMAIN] = domain;
+  }
+  /* up to CHUNK messages are built per round; msgs and segs have room for one per iovec so
+   * that a refused GSO message can be split in place (the pieces share its name and iovecs) */
+  struct mmsghdr msgs[SEND_IOV];
+  int segs[SEND_IOV]; /* datagrams in each message */
+  struct iovec iov[SEND_IOV];
   struct sockaddr_storage names[CHUNK];
+  union { /* aligned for CMSG_* */
+    char buf[CMSG_SPACE(sizeof(uint16_t))];
+    struct cmsghdr align;
+  } ctl[CHUNK];
   int32_t sent = 0, i = 0;
   while (i < count) {
-    int n = 0;
-    memset(msgs, 0, sizeof msgs);
-    for (; n < CHUNK && i < count; i++) {
+    int n = 0, v = 0;
+    int gso = state && state[ST_GSO] != GSO_OFF;
+    memset(msgs, 0, sizeof msgs[0] * CHUNK);
+    while (n < CHUNK && v < SEND_IOV && i < count) {
       socklen_t nl;
       if (lens[i] < 0 || (size_t)lens[i] > (size_t)slot ||
-          (nl = ep_to_sa(addrs + (size_t)i * EP_SIZE, domain, &names[n])) == 0)
+          (nl = ep_to_sa(addrs + (size_t)i * EP_SIZE, domain, &names[n])) == 0) {
+        i++;
         continue; /* unusable: not sent */
-      iov[n].iov_base = buf + (size_t)i * slot;
-      iov[n].iov_len = lens[i];
+      }
+      /* the message: datagram i, then (GSO) the following ones to the same endpoint while they
+       * are as long as the first; one shorter datagram may end the group. */
+      const uint8_t *ep = addrs + (size_t)i * EP_SIZE;
+      int32_t size = lens[i], bytes = 0, k = 0;
+      do {
+        iov[v + k].iov_base = buf + (size_t)i * slot;
+        iov[v + k].iov_len = lens[i];
+        bytes += lens[i], k++, i++;
+      } while (gso && size > 0 && k < GSO_MAX_SEGS && v + k < SEND_IOV && i < count &&
+               lens[i] > 0 && lens[i] <= size && bytes + lens[i] <= GSO_MAX_BYTES &&
+               lens[i - 1] == size && memcmp(addrs + (size_t)i * EP_SIZE, ep, EP_SIZE) == 0);
       msgs[n].msg_hdr.msg_name = &names[n];
       msgs[n].msg_hdr.msg_namelen = nl;
-      msgs[n].msg_hdr.msg_iov = &iov[n];
-      msgs[n].msg_hdr.msg_iovlen = 1;
-      n++;
+      msgs[n].msg_hdr.msg_iov = &iov[v];
+      msgs[n].msg_hdr.msg_iovlen = k;
+      if (k > 1) {
+        struct cmsghdr *c = &ctl[n].align;
+        uint16_t seg = (uint16_t)size;
+        memset(ctl[n].buf, 0, sizeof ctl[n].buf);
+        c->cmsg_level = SOL_UDP;
+        c->cmsg_type = UDP_SEGMENT;
+        c->cmsg_len = CMSG_LEN(sizeof seg);
+        memcpy(CMSG_DATA(c), &seg, sizeof seg);
+        msgs[n].msg_hdr.msg_control = ctl[n].buf;
+        msgs[n].msg_hdr.msg_controllen = sizeof ctl[n].buf;
+      }
+      segs[n++] = k, v += k;
     }
     int off = 0;
     while (off < n) {
       int r = sendmmsg(fd, msgs + off, n - off, MSG_DONTWAIT);
       if (r < 0) {
-        if (errno == EINTR) continue;
-        if (errno == EAGAIN || errno == ENOBUFS) return num(env, sent);
-        off++; /* this datagram failed; drop it */
+        int e = errno;
+        if (e == EINTR) continue;
+        if (e == EAGAIN || e == ENOBUFS) return num(env, sent);
+        if (segs[off] > 1 && gso_refused(e)) {
+          /* The GSO message was refused: split it back into one message per datagram (the
+           * rest of this chunk keeps its groups; it is resent from here on). If GSO never
+           * worked on this socket, it is off for good. */
+          if (state[ST_GSO] == GSO_UNTRIED) state[ST_GSO] = GSO_OFF;
+          int k = segs[off], extra = k - 1; /* fits: msgs has room for one per iovec */
+          memmove(msgs + off + k, msgs + off + 1, sizeof msgs[0] * (n - off - 1));
+          memmove(segs + off + k, segs + off + 1, sizeof segs[0] * (n - off - 1));
+          for (int j = k - 1; j >= 0; j--) {
+            msgs[off + j] = msgs[off];
+            msgs[off + j].msg_hdr.msg_iov += j;
+            msgs[off + j].msg_hdr.msg_iovlen = 1;
+            msgs[off + j].msg_hdr.msg_control = NULL;
+            msgs[off + j].msg_hdr.msg_controllen = 0;
+            segs[off + j] = 1;
+          }
+          n += extra;
+          continue;
+        }
+        off++; /* this message failed; drop its datagrams */
         continue;
       }
-      sent += r, off += r;
+      if (state && state[ST_GSO] == GSO_UNTRIED)
+        for (int j = off; j < off + r; j++)
+          if (segs[j] > 1) state[ST_GSO] = GSO_WORKS;
+      for (int j = off; j < off + r; j++) sent += segs[j];
+      off += r;
     }
   }
   return num(env, sent);

@@ -25,6 +25,7 @@ export interface NtmAddon {
     lengths: Int32Array,
     addrs: Buffer,
     count: number,
+    state?: Int32Array,
   ): number;
   pollStart(fd: number, callback: () => void): PollHandle;
   pollStop(handle: PollHandle): void;
@@ -85,6 +86,24 @@ export function recvBatch(
   return (addon ?? loadNative()).recvBatch(fd, buf, slotSize, maxCount, lengths, addrs);
 }
 
+/**
+ * Per-socket state for sendBatch, kept by the caller: [SEND_DOMAIN] is the socket's address family
+ * (0 = ask the kernel, then remembered), [SEND_GSO] one of the GSO_* values. With a state, runs of
+ * equal-size datagrams to one endpoint go as one UDP GSO (UDP_SEGMENT) message each.
+ */
+export const SEND_DOMAIN = 0;
+export const SEND_GSO = 1;
+export const GSO_OFF = 0;
+export const GSO_UNTRIED = 1;
+export const GSO_WORKS = 2;
+
+export function newSendState(gso: boolean): Int32Array {
+  const state = new Int32Array(2);
+  state[SEND_GSO] = gso ? GSO_UNTRIED : GSO_OFF;
+  return state;
+}
+
+/** Returns the number of datagrams sent (not messages: a GSO message counts as its datagrams). */
 export function sendBatch(
   fd: number,
   buf: Buffer,
@@ -92,6 +111,7 @@ export function sendBatch(
   lengths: Int32Array,
   addrs: Buffer,
   count: number,
+  state?: Int32Array,
 ): number {
-  return (addon ?? loadNative()).sendBatch(fd, buf, slotSize, lengths, addrs, count);
+  return (addon ?? loadNative()).sendBatch(fd, buf, slotSize, lengths, addrs, count, state);
 }

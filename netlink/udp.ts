@@ -3,7 +3,7 @@
 // 4 MiB kernel buffers, recvmmsg/sendmmsg batches into one preallocated PacketBatch driven by
 // uv_poll. Endpoints are the 28-byte form of protocol/endpoint.ts.
 import { PacketBatch, SOCKADDR_SIZE, type DatagramSocket } from '../router/io.js';
-import { close, pollStart, pollStop, recvBatch, sendBatch, udpOpen, type PollHandle } from './native.js';
+import { close, GSO_OFF, GSO_WORKS, newSendState, pollStart, pollStop, recvBatch, SEND_GSO, sendBatch, udpOpen, type PollHandle } from './native.js';
 
 export interface UdpOptions {
   /** '::' (default, dual-stack), an IPv6 address, or an IPv4 address (IPv4-only socket). */
@@ -14,6 +14,11 @@ export interface UdpOptions {
   batch?: number;
   /** Receive slot size (default 2048); a longer datagram is delivered with length 0. */
   slotSize?: number;
+  /**
+   * UDP GSO on send (default true): a run of equal-size datagrams to one endpoint in a batch goes
+   * to the kernel as one message. Turned off by itself for good if the kernel refuses it.
+   */
+  gso?: boolean;
 }
 
 const MAX_ROUNDS = 16;
@@ -23,6 +28,8 @@ export class UdpSocket implements DatagramSocket {
   private closed = false;
   private readonly rx: PacketBatch;
   private readonly oneLength = new Int32Array(1);
+  /** sendBatch state: address family, GSO untried / works / off (netlink/native.ts). */
+  private readonly sendState: Int32Array;
   private static readonly EMPTY = Buffer.alloc(1);
 
   private constructor(
@@ -31,17 +38,25 @@ export class UdpSocket implements DatagramSocket {
     readonly bindAddress: string,
     batch: number,
     slotSize: number,
+    gso: boolean,
   ) {
     this.rx = new PacketBatch(batch, slotSize);
+    this.sendState = newSendState(gso);
+  }
+
+  /** 'untried' until a GSO message has gone out, then 'works'; 'off' if disabled or refused. */
+  get gso(): 'off' | 'untried' | 'works' {
+    const s = this.sendState[SEND_GSO];
+    return s === GSO_OFF ? 'off' : s === GSO_WORKS ? 'works' : 'untried';
   }
 
   /** Opens and binds the socket (synchronous: it is one socket() and bind()). */
   static open(options: UdpOptions): UdpSocket {
-    const { bindAddress = '::', port, batch = 64, slotSize = 2048 } = options;
+    const { bindAddress = '::', port, batch = 64, slotSize = 2048, gso = true } = options;
     if (!Number.isInteger(batch) || batch < 1) throw new RangeError(`batch ${batch} must be a positive integer`);
     if (!Number.isInteger(slotSize) || slotSize < 1 || slotSize > 65536) throw new RangeError(`slotSize ${slotSize} is not in 1..65536`);
     const { fd, port: bound } = udpOpen(bindAddress, port);
-    return new UdpSocket(fd, bound, bindAddress, batch, slotSize);
+    return new UdpSocket(fd, bound, bindAddress, batch, slotSize, gso);
   }
 
   start(onDatagrams: (batch: PacketBatch) => void): void {
@@ -61,7 +76,7 @@ export class UdpSocket implements DatagramSocket {
 
   send(batch: PacketBatch): number {
     if (this.closed || batch.count === 0) return 0;
-    return sendBatch(this.fd, batch.buf, batch.slotSize, batch.lengths, batch.addrs, batch.count);
+    return sendBatch(this.fd, batch.buf, batch.slotSize, batch.lengths, batch.addrs, batch.count, this.sendState);
   }
 
   sendOne(data: Buffer, sockaddr: Buffer): boolean {
@@ -69,7 +84,7 @@ export class UdpSocket implements DatagramSocket {
     if (sockaddr.length < SOCKADDR_SIZE) throw new RangeError(`sockaddr must be ${SOCKADDR_SIZE} bytes`);
     this.oneLength[0] = data.length;
     const buf = data.length > 0 ? data : UdpSocket.EMPTY;
-    return sendBatch(this.fd, buf, buf.length, this.oneLength, sockaddr, 1) === 1;
+    return sendBatch(this.fd, buf, buf.length, this.oneLength, sockaddr, 1, this.sendState) === 1;
   }
 
   close(): void {

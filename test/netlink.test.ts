@@ -2,7 +2,7 @@
 // (in this process), and netlink/rtnetlink.ts + netlink/tun.ts inside a network namespace that
 // this file creates and deletes: it re-runs itself under `ip netns exec` (NTM_TEST_NETNS set) as a
 // tap subprocess, so nothing touches the host's links, addresses or routes.
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
@@ -274,6 +274,87 @@ if (INSIDE === undefined) {
     t.same(got, ['ok 1', 'ok 2']);
   });
 
+  // UDP GSO on send (netlink/udp.ts, sendBatch in native/ntm.c): runs of equal-size datagrams to
+  // one endpoint leave as one UDP_SEGMENT message; the kernel cuts them apart again on loopback.
+  const gsoRoundTrip = async (
+    t: Test,
+    bind: string,
+    plan: { len: number; to: 'b' | 'c' | 'bad' }[],
+    opts: { gso?: boolean } = {},
+  ): Promise<{ a: UdpSocket; sent: number; got: Record<'b' | 'c', string[]>; want: Record<'b' | 'c', string[]> }> => {
+    const a = UdpSocket.open({ bindAddress: bind, port: 0, ...opts });
+    const b = UdpSocket.open({ bindAddress: bind, port: 0 });
+    const c = UdpSocket.open({ bindAddress: bind, port: 0 });
+    t.teardown(() => (a.close(), b.close(), c.close()));
+    const got = { b: [] as string[], c: [] as string[] };
+    const want = { b: [] as string[], c: [] as string[] };
+    for (const [name, s] of [['b', b], ['c', c]] as const) {
+      s.start((batch) => {
+        for (let i = 0; i < batch.count; i++) got[name].push(batch.buf.toString('latin1', batch.offset(i), batch.offset(i) + (batch.lengths[i] ?? 0)));
+      });
+    }
+    const dest = bind === '127.0.0.1' ? '127.0.0.1' : '::1';
+    const out = new PacketBatch(plan.length, 2048);
+    plan.forEach(({ len, to }, i) => {
+      // distinct, position-dependent contents: a datagram cut or sent out of order shows up
+      const data = Buffer.alloc(len, String.fromCharCode(0x41 + (i % 26)));
+      if (len >= 4) data.write(String(i).padStart(4, '0'), 'latin1');
+      putPacket(out, data);
+      if (to === 'bad') return; // zeroed endpoint: not sent
+      encodeSockaddr(dest, (to === 'b' ? b : c).port, out.addrs, i * SOCKADDR_SIZE);
+      want[to].push(data.toString('latin1'));
+    });
+    const sent = a.send(out);
+    await waitFor(() => got.b.length === want.b.length && got.c.length === want.c.length, `${want.b.length + want.c.length} datagrams`);
+    return { a, sent, got, want };
+  };
+
+  t.test('UDP GSO: a batch of equal-size datagrams to one destination', async (t) => {
+    for (const bind of ['127.0.0.1', '::']) {
+      const plan = Array.from({ length: 64 }, () => ({ len: 1400, to: 'b' as const }));
+      const { a, sent, got, want } = await gsoRoundTrip(t, bind, plan);
+      t.equal(a.gso, 'works', `${bind}: sent as GSO messages`);
+      t.equal(sent, 64, 'the count is datagrams, not messages');
+      t.equal(got.b.length, 64);
+      t.ok(got.b.every((d, i) => d === want.b[i]), 'all intact and in order');
+      // more than fits in one message (64 KiB): it takes two or more, still in order
+      const big = Array.from({ length: 200 }, (_, i) => ({ len: i === 199 ? 17 : 1200, to: 'b' as const }));
+      const r = await gsoRoundTrip(t, bind, big);
+      t.equal(r.sent, 200);
+      t.ok(r.got.b.length === 200 && r.got.b.every((d, i) => d === r.want.b[i]), '200 intact and in order');
+    }
+  });
+
+  t.test('UDP GSO: a mixed batch arrives intact and in order', async (t) => {
+    const L = (len: number, n: number, to: 'b' | 'c' | 'bad' = 'b') => Array.from({ length: n }, () => ({ len, to }));
+    const plan = [
+      ...L(1000, 5), // a group
+      ...L(700, 1), // a shorter last one closes it
+      ...L(700, 3), // a new group of the shorter size
+      ...L(1200, 2), // longer: a new group
+      ...L(1200, 2, 'c'), // same size, other destination: a new group
+      ...L(1200, 1, 'bad'), // unusable endpoint in the middle: dropped
+      ...L(1200, 2, 'c'),
+      ...L(0, 2), // empty datagrams are never segments
+      ...L(1, 3),
+      ...L(1500, 70), // more than 64 segments: split
+      ...L(9, 1, 'c'),
+      ...L(2048, 2), // a full slot
+    ];
+    for (const bind of ['127.0.0.1', '::']) {
+      const { a, sent, got, want } = await gsoRoundTrip(t, bind, plan);
+      t.equal(a.gso, 'works', `${bind}: GSO used`);
+      t.equal(sent, plan.length - 1, 'all but the unusable one counted');
+      t.same(got.b, want.b, 'to b: intact and in order');
+      t.same(got.c, want.c, 'to c: intact and in order');
+      const off = await gsoRoundTrip(t, bind, plan, { gso: false });
+      t.equal(off.a.gso, 'off');
+      t.equal(off.sent, plan.length - 1);
+      t.same(off.got.b, off.want.b, 'without GSO: the same');
+      t.same(off.got.c, off.want.c);
+    }
+  });
+
   const skip = process.getuid?.() !== 0 ? 'needs root for ip netns' : false;
   t.test('rtnetlink and TUN inside a network namespace', { skip }, async (t) => {
     const ns = `ntmtest-${process.pid}-${randomBytes(3).toString('hex')}`;
@@ -451,6 +532,34 @@ if (INSIDE === undefined) {
     tun.close();
     t.equal(tun.write(out), 0, 'write after close: 0');
     await t.rejects(linkIndex(name), { code: 'ENODEV' }, 'the device is gone after close');
+  });
+
+  t.test('UDP GSO: refused by the kernel, the socket falls back for good', async (t) => {
+    // a segment that would need IP fragmentation is refused (EINVAL); sent alone it is fragmented
+    await setLinkUp('lo', true);
+    await setMtu('lo', 1300);
+    t.teardown(() => setMtu('lo', 65536));
+    const a = UdpSocket.open({ bindAddress: '127.0.0.1', port: 0 });
+    const b = UdpSocket.open({ bindAddress: '127.0.0.1', port: 0 });
+    t.teardown(() => (a.close(), b.close()));
+    const got: string[] = [];
+    b.start((batch) => {
+      for (let i = 0; i < batch.count; i++) got.push(batch.buf.toString('latin1', batch.offset(i), batch.offset(i) + (batch.lengths[i] ?? 0)));
+    });
+    const out = new PacketBatch(8, 2048);
+    const want: string[] = [];
+    for (let i = 0; i < 8; i++) {
+      const d = Buffer.alloc(1400, 0x61 + i);
+      putPacket(out, d);
+      encodeSockaddr('127.0.0.1', b.port, out.addrs, i * SOCKADDR_SIZE);
+      want.push(d.toString('latin1'));
+    }
+    t.equal(a.gso, 'untried');
+    t.equal(a.send(out), 8, 'all sent, one per message');
+    t.equal(a.gso, 'off', 'GSO off for this socket');
+    t.equal(a.send(out), 8, 'and again');
+    await waitFor(() => got.length === 16, '16 datagrams');
+    t.same(got, [...want, ...want], 'intact and in order');
   });
 
   t.test('TUN device: a failed open closes the fd and names the problem', async (t) => {
