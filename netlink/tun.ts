@@ -3,7 +3,8 @@
 // preallocated PacketBatch whenever uv_poll says it is readable. No allocation and no promise per
 // packet. The kernel deletes the device when it is closed (it is not made persistent).
 import { PacketBatch, type PacketDevice } from '../router/io.js';
-import { close, pollStart, pollStop, readBatch, tunOpen, writeBatch, type PollHandle } from './native.js';
+import { drainOnReadable } from './drain.js';
+import { close, pollStop, readBatch, tunOpen, writeBatch, type PollHandle } from './native.js';
 import { addAddress, setLinkUp, setMtu } from './rtnetlink.js';
 
 export interface TunOptions {
@@ -15,9 +16,6 @@ export interface TunOptions {
   /** Packets per read batch (default 64). */
   batch?: number;
 }
-
-/** Batches drained per readable event before yielding to the event loop (level-triggered: it comes back). */
-const MAX_ROUNDS = 16;
 
 export class TunDevice implements PacketDevice {
   private handle: PollHandle | undefined;
@@ -53,15 +51,7 @@ export class TunDevice implements PacketDevice {
     if (this.closed) throw new Error(`TUN ${this.name} is closed`);
     if (this.handle) throw new Error(`TUN ${this.name} is already started`);
     const { fd, rx } = this;
-    this.handle = pollStart(fd, () => {
-      for (let round = 0; round < MAX_ROUNDS && !this.closed; round++) {
-        const n = readBatch(fd, rx.buf, rx.slotSize, rx.capacity, rx.lengths);
-        if (n === 0) return;
-        rx.count = n;
-        onPackets(rx);
-        if (n < rx.capacity) return;
-      }
-    });
+    this.handle = drainOnReadable(fd, rx, (b) => readBatch(fd, b.buf, b.slotSize, b.capacity, b.lengths), onPackets, () => this.closed);
   }
 
   write(batch: PacketBatch): number {

@@ -3,7 +3,8 @@
 // 4 MiB kernel buffers, recvmmsg/sendmmsg batches into one preallocated PacketBatch driven by
 // uv_poll. Endpoints are the 28-byte form of protocol/endpoint.ts.
 import { PacketBatch, SOCKADDR_SIZE, type DatagramSocket } from '../router/io.js';
-import { close, GSO_OFF, GSO_WORKS, newSendState, pollStart, pollStop, recvBatch, SEND_GSO, sendBatch, udpOpen, type PollHandle } from './native.js';
+import { drainOnReadable } from './drain.js';
+import { close, GSO_OFF, GSO_WORKS, newSendState, pollStop, recvBatch, SEND_GSO, sendBatch, udpOpen, type PollHandle } from './native.js';
 
 export interface UdpOptions {
   /** '::' (default, dual-stack), an IPv6 address, or an IPv4 address (IPv4-only socket). */
@@ -20,8 +21,6 @@ export interface UdpOptions {
    */
   gso?: boolean;
 }
-
-const MAX_ROUNDS = 16;
 
 export class UdpSocket implements DatagramSocket {
   private handle: PollHandle | undefined;
@@ -63,15 +62,7 @@ export class UdpSocket implements DatagramSocket {
     if (this.closed) throw new Error(`UDP socket :${this.port} is closed`);
     if (this.handle) throw new Error(`UDP socket :${this.port} is already started`);
     const { fd, rx } = this;
-    this.handle = pollStart(fd, () => {
-      for (let round = 0; round < MAX_ROUNDS && !this.closed; round++) {
-        const n = recvBatch(fd, rx.buf, rx.slotSize, rx.capacity, rx.lengths, rx.addrs);
-        if (n === 0) return;
-        rx.count = n;
-        onDatagrams(rx);
-        if (n < rx.capacity) return;
-      }
-    });
+    this.handle = drainOnReadable(fd, rx, (b) => recvBatch(fd, b.buf, b.slotSize, b.capacity, b.lengths, b.addrs), onDatagrams, () => this.closed);
   }
 
   send(batch: PacketBatch): number {
