@@ -14,10 +14,12 @@ commands:
       With --keep, exit at once and leave the lab in place (remove it with 'down <id>').
       topologies:
         two-hosts                       hosts a and b over one veth (10.0.0.1/24, 10.0.0.2/24)
-        internet [--a T] [--b T]        internet 198.18.0.0/15 with sites a and b, each T = none | eim |
-                 [--extra c=T,...]      symmetric (default: --a eim --b eim); nodeA in site a, nodeB in
-                 [--overlap]            site b; --extra adds sites without nodes; --overlap gives every
-                                        NAT site the LAN 10.0.0.0/24
+        internet [--a T] [--b T]        an internet (core router, backbone 198.18.0.0/24) with sites a
+                 [--extra c=T,...]      and b, each T = none | eim | symmetric (default: --a eim --b eim);
+                 [--overlap]            site i has the access network 198.18.i.0/24; a NAT site has a
+                                        private LAN behind its NAT box. nodeA in site a, nodeB in site b;
+                                        --extra adds sites without nodes; --overlap gives every NAT site
+                                        the LAN 10.0.0.0/24. Addresses: see docs/lab.md
       Enter a host:  ip netns exec ntm-<id>-<host> bash
   down <id>      Remove lab <id>: kill its processes, delete its namespaces, record and logs.
   list           Show labs (id, state, owner pid, namespaces). States: running (owner alive),
@@ -99,14 +101,8 @@ async function up(args: string[]): Promise<void> {
     return;
   }
   process.stderr.write(`[lab ${lab.id}] up; Ctrl-C to tear down\n`);
-  await new Promise<void>((resolve) => {
-    const stop = (): void => resolve();
-    process.once('SIGINT', stop);
-    process.once('SIGTERM', stop);
-    setInterval(() => {}, 1 << 30);
-  });
-  await lab.destroy();
-  process.exit(0);
+  // the lab's own SIGINT/SIGTERM handlers tear it down and end the process
+  setInterval(() => {}, 1 << 30);
 }
 
 async function main(argv: string[]): Promise<number> {

@@ -86,7 +86,7 @@ await Lab.withLab(
 
     heading('Testbed: an Internet, NATs, two nodes (network namespaces, nftables NATs)');
     const net = await internetWithNats(lab, { aNat: 'eim', bNat: 'none', extraSites: { c: 'symmetric' } });
-    say(`      Internet 198.18.0.0/15 and 2001:db8::/64, core router ${net.addrs.core}`);
+    say(`      Internet 198.18.0.0/15 and 2001:db8::/48, core router ${net.addrs.core}`);
     say(`      node A at ${net.addrs.nodeA} behind an endpoint-independent NAT (public ${net.addrs.nodeAPublic})`);
     say(`      node B at ${net.addrs.nodeB} on the Internet`);
     say(`      site C behind a symmetric NAT (public ${net.sites.c!.natBox!.publicAddrs[0]}): "another carrier" for the handover`);
@@ -132,7 +132,7 @@ await Lab.withLab(
       await new Promise((r) => setTimeout(r, 2000));
       const site = net.sites.c!;
       await lab.moveUplink(net.nodeA, net.uplink, site.segment, site.allocate());
-      say(`      t=2 s: A's uplink moved to site C (new address ${(await net.nodeA.addrs(net.uplink)).filter(Boolean).join(', ')})`);
+      say(`      t=2 s: A's uplink moved to site C (new address ${(await net.nodeA.addrs(net.uplink)).join(', ')})`);
       const r = JSON.parse((await sender).stdout);
       await stream;
       await new Promise((res) => setTimeout(res, 300));

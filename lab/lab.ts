@@ -260,11 +260,12 @@ function installHandlers(): void {
   for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
     const handler = (): void => {
       for (const lab of [...liveLabs]) lab.destroySync();
-      // if nobody else handles the signal, die of it as we would have without this handler
-      if (process.listenerCount(sig) === 1) {
-        process.removeListener(sig, handler);
-        process.kill(process.pid, sig);
-      }
+      if (!Lab.exitOnSignal) return;
+      // die of the signal as we would have without this handler. Other listeners (e.g. signal-exit,
+      // which only re-raises when it is alone) get this tick to run, then the process exits.
+      process.removeListener(sig, handler);
+      if (process.listenerCount(sig) === 0) process.kill(process.pid, sig);
+      else setImmediate(() => process.exit(128 + (os.constants.signals[sig] ?? 0)));
     };
     process.on(sig, handler);
   }
@@ -394,8 +395,9 @@ export class Host {
     const args = ['-j', 'addr', 'show', 'scope', 'global'];
     if (dev) args.push('dev', dev);
     const r = await this.exec('ip', args);
-    const list = JSON.parse(r.stdout || '[]') as { addr_info?: { local: string }[] }[];
-    return list.flatMap((l) => (l.addr_info ?? []).map((a) => a.local));
+    const list = JSON.parse(r.stdout || '[]') as { addr_info?: { local?: string }[] }[];
+    // ip -j lists filtered-out addresses as empty objects
+    return list.flatMap((l) => (l.addr_info ?? []).flatMap((a) => (a.local ? [a.local] : [])));
   }
 
   /** ping -c <count>; resolves true when at least one reply came back. */
@@ -461,12 +463,20 @@ export interface NatMapping {
 }
 
 export class Lab {
+  /**
+   * After SIGINT/SIGTERM/SIGHUP has torn the labs down, end the process as the signal would have
+   * (default true). Set false if the program handles these signals itself and exits on its own.
+   */
+  static exitOnSignal = true;
+
   readonly hosts = new Map<string, Host>();
   readonly segments = new Map<string, Segment>();
   readonly logDir: string;
   readonly recordPath: string;
   private readonly namespaces: string[] = [];
   private readonly children = new Set<ChildProcess>();
+  /** process group ids of everything spawned (= the pids of the spawned leaders) */
+  private readonly groups = new Set<number>();
   private destroyed = false;
   private destroying: Promise<void> | undefined;
   private portSeq = 0;
@@ -510,7 +520,7 @@ export class Lab {
     throw new Error('could not find a free lab id');
   }
 
-  /** Run body with a fresh lab and destroy it afterwards, whatever happens. */
+  /** Run body with a fresh lab and destroy it afterwards, whatever happens (unless the body called keepAfterExit()). */
   static async withLab<T>(body: (lab: Lab) => Promise<T>, opts: WithLabOptions = {}): Promise<T> {
     const lab = await Lab.create(opts.label ?? '', opts);
     try {
@@ -519,8 +529,13 @@ export class Lab {
       if (opts.dumpLogsOnError ?? true) lab.dumpLogs();
       throw e;
     } finally {
-      await lab.destroy();
+      if (!lab.kept) await lab.destroy();
     }
+  }
+
+  /** true after keepAfterExit() */
+  get kept(): boolean {
+    return this.keep;
   }
 
   get alive(): boolean {
@@ -813,6 +828,7 @@ export class Lab {
     });
     if (fd !== undefined) fs.closeSync(fd);
     this.children.add(child);
+    if (child.pid !== undefined) this.groups.add(child.pid);
     child.on('exit', () => this.children.delete(child));
     child.on('error', () => this.children.delete(child));
     return child;
@@ -839,17 +855,13 @@ export class Lab {
     }
   }
 
+  /** Signal the process group of every spawned process (its members may outlive the leader). */
   private killGroups(sig: NodeJS.Signals): void {
-    for (const c of this.children) {
-      if (c.pid === undefined || c.exitCode !== null || c.signalCode !== null) continue;
+    for (const pgid of this.groups) {
       try {
-        process.kill(-c.pid, sig);
+        process.kill(-pgid, sig);
       } catch {
-        try {
-          c.kill(sig);
-        } catch {
-          /* gone */
-        }
+        /* group gone */
       }
     }
   }
@@ -988,12 +1000,14 @@ export function removeLab(id: string): string[] {
 
 /**
  * Remove stale labs: those whose owner process is gone (killed runs), and ntm-<id>-* namespaces that no
- * record owns. Labs of live processes are never touched; kept labs (up --keep) only with { all: true }.
+ * record owns. Labs of live processes are never touched; kept labs (up --keep) only with { all: true };
+ * with { ids }, only those labs are considered.
  */
-export function cleanup(opts: { all?: boolean } = {}): { removed: string[]; labs: string[] } {
+export function cleanup(opts: { all?: boolean; ids?: string[] } = {}): { removed: string[]; labs: string[] } {
   const removed: string[] = [];
   const labs: string[] = [];
   for (const l of listLabs()) {
+    if (opts.ids && !opts.ids.includes(l.id)) continue;
     if (l.state === 'running') continue;
     if (l.state === 'kept' && !opts.all) continue;
     removed.push(...removeLab(l.id));

@@ -1,9 +1,9 @@
 // Ready-made lab topologies. All addresses live inside the lab's namespaces:
-//   "internet"  198.18.0.0/15 (RFC 2544 benchmarking range) and 2001:db8::/64 (documentation prefix)
+//   "internet"  198.18.0.0/15 (RFC 2544 benchmarking range) and 2001:db8::/48 (documentation prefix)
 //   site LANs   10.0.<i>.0/24 and 172.16.2.0/24 (RFC 1918)
 //   two-hosts   10.0.0.0/24 and fd6e:746d::/64 (ULA)
 
-import { Host, Lab, Segment, type MoveOptions, type Nat, type NatType } from './lab.js';
+import { type Host, type Lab, type Segment, type MoveOptions, type Nat, type NatType } from './lab.js';
 
 export type SiteNat = NatType | 'none';
 
@@ -43,9 +43,11 @@ export interface Site {
   nat: SiteNat;
   /** the NAT box (when nat !== 'none') */
   natBox?: Nat;
-  /** where a node of this site attaches: the site LAN behind the NAT, or the internet itself */
+  /** the site's access network towards the core router (198.18.<i>.0/24, 2001:db8:0:<i>::/64) */
+  wan: Segment;
+  /** where a node of this site attaches: the LAN behind the NAT, or the access network for a global site */
   segment: Segment;
-  /** the site's IPv4 prefix */
+  /** the IPv4 prefix nodes of this site get addresses from */
   prefix: string;
   /** default gateway of nodes in this site */
   gateway: string;
@@ -59,8 +61,9 @@ export interface Site {
 }
 
 export interface InternetWithNats {
+  /** the backbone: core router and internet hosts (servers, peers): 198.18.0.0/24, 2001:db8::/64 */
   internet: Segment;
-  /** the "core" router of the internet segment, default gateway of every global host: 198.18.0.1, 2001:db8::1 */
+  /** the core router: 198.18.0.1 / 2001:db8::1 on the backbone, 198.18.<i>.1 / 2001:db8:0:<i>::1 on site i's access network */
   core: Host;
   sites: Record<string, Site>;
   nodeA: Host;
@@ -79,7 +82,7 @@ export interface InternetWithNats {
     nodeAPublic: string;
     nodeBPublic: string;
   };
-  /** Add a host on the internet (e.g. a DC, RS or a peer): next free 198.18.0.x and 2001:db8::x, default via core. */
+  /** Add a host on the backbone (e.g. a DC, RS or a peer): next free 198.18.0.x and 2001:db8::x, default via core. */
   addInternetHost(name: string): Promise<{ host: Host; addr: string; addr6: string; ifname: string }>;
 }
 
@@ -94,57 +97,67 @@ export interface InternetOptions {
   mappingTimeout?: number;
 }
 
-const INTERNET_PREFIX = '198.18.0.0/15';
 const CORE = '198.18.0.1';
 const CORE6 = '2001:db8::1';
 
 /**
- * An "internet" segment (198.18.0.0/15, 2001:db8::/64) with a core router and sites a and b (plus
- * extraSites). A site is either global (its nodes sit on the internet with their own addresses) or
- * behind a NAT box (eim or symmetric) with a private LAN. nodeA lives in site a, nodeB in site b, each
- * with uplink eth0.
- *
- * Site i (a=1, b=2, c=3, ...): NAT outside 198.18.i.1 / 2001:db8::i:1, LAN 10.0.i.0/24 (b: 172.16.2.0/24;
- * with overlap: every LAN is 10.0.0.0/24) with the NAT inside at .1 and nodes from .10; global nodes get
- * 198.18.i.10, .11, ... and 2001:db8::i:10, ...
+ * An "internet" inside 198.18.0.0/15 and 2001:db8::/48: a core router with a backbone segment
+ * (198.18.0.0/24, 2001:db8::/64; internet hosts from .10) and one access network per site
+ * (site i = 1, 2, 3, ... for a, b, extraSites: 198.18.i.0/24 and 2001:db8:0:i::/64, core at .1 / ::1).
+ * A site is either global (its nodes sit on the access network with their own addresses, .10, .11, ...)
+ * or behind a NAT box (eim or symmetric) whose outside is 198.18.i.2 / 2001:db8:0:i::2 and whose inside
+ * is a private IPv4 LAN: 10.0.i.0/24 (site b: 172.16.2.0/24; with overlap: every LAN is 10.0.0.0/24),
+ * NAT at .1, nodes from .10. nodeA lives in site a, nodeB in site b, each with uplink eth0.
+ * Hosts of different sites never share a link, so every path crosses the core (and the NATs).
  */
 export async function internetWithNats(lab: Lab, o: InternetOptions): Promise<InternetWithNats> {
+  const siteSpecs: [string, SiteNat][] = [['a', o.aNat], ['b', o.bNat], ...Object.entries(o.extraSites ?? {})];
+  const seen = new Set<string>();
+  for (const [name, nat] of siteSpecs) {
+    if (!/^[a-z][a-z0-9]{0,7}$/.test(name)) throw new Error(`site name '${name}': lowercase letters/digits, at most 8`);
+    if (seen.has(name)) throw new Error(`duplicate site '${name}'`);
+    if (!['none', 'eim', 'symmetric'].includes(nat)) throw new Error(`site ${name}: NAT type '${nat}' (none | eim | symmetric)`);
+    seen.add(name);
+  }
+  if (siteSpecs.length > 200) throw new Error('too many sites');
+
   const internet = await lab.segment('internet');
   const core = await lab.host('core', { forwarding: true });
-  await lab.attach(core, internet, { name: 'eth0', addr: [`${CORE}/15`, `${CORE6}/64`] });
+  await lab.attach(core, internet, { name: 'bb0', addr: [`${CORE}/24`, `${CORE6}/64`] });
 
-  const siteSpecs: [string, SiteNat][] = [['a', o.aNat], ['b', o.bNat], ...Object.entries(o.extraSites ?? {})];
   const sites: Record<string, Site> = {};
   for (let i = 0; i < siteSpecs.length; i++) {
     const [name, nat] = siteSpecs[i]!;
-    if (!/^[a-z][a-z0-9]{0,7}$/.test(name)) throw new Error(`site name '${name}': lowercase letters/digits, at most 8`);
-    if (sites[name]) throw new Error(`duplicate site '${name}'`);
     const idx = i + 1;
     const hex = idx.toString(16);
+    const wan = await lab.segment(`wan${name}`);
+    const gw = `198.18.${idx}.1`;
+    const gw6 = `2001:db8:0:${hex}::1`;
+    await lab.attach(core, wan, { name: `site-${name}`, addr: [`${gw}/24`, `${gw6}/64`] });
     if (nat === 'none') {
       let next = 10;
       sites[name] = {
         name,
         nat,
-        segment: internet,
-        prefix: INTERNET_PREFIX,
-        gateway: CORE,
-        gateway6: CORE6,
+        wan,
+        segment: wan,
+        prefix: `198.18.${idx}.0/24`,
+        gateway: gw,
+        gateway6: gw6,
         allocate() {
           const n = next++;
           if (n > 254) throw new Error(`site ${name}: no addresses left`);
           const address = `198.18.${idx}.${n}`;
-          const address6 = `2001:db8::${hex}:${n.toString(16)}`;
-          return { addr: [`${address}/15`, `${address6}/64`], gateway: [CORE, CORE6], address, address6 };
+          const address6 = `2001:db8:0:${hex}::${n.toString(16)}`;
+          return { addr: [`${address}/24`, `${address6}/64`], gateway: [gw, gw6], address, address6 };
         },
       };
     } else {
       const lanNet = o.overlap ? '10.0.0' : idx === 2 ? '172.16.2' : `10.0.${idx}`;
       const lan = await lab.segment(`lan${name}`);
-      const natName = `nat${name.toUpperCase()}`;
-      const natBox = await lab.nat(natName, {
+      const natBox = await lab.nat(`nat${name.toUpperCase()}`, {
         type: nat,
-        outside: { segment: internet, addr: [`198.18.${idx}.1/15`, `2001:db8::${hex}:1/64`], gateway: [CORE, CORE6] },
+        outside: { segment: wan, addr: [`198.18.${idx}.2/24`, `2001:db8:0:${hex}::2/64`], gateway: [gw, gw6] },
         inside: { segment: lan, addr: `${lanNet}.1/24` },
         mappingTimeout: o.mappingTimeout,
       });
@@ -153,6 +166,7 @@ export async function internetWithNats(lab: Lab, o: InternetOptions): Promise<In
         name,
         nat,
         natBox,
+        wan,
         segment: lan,
         prefix: `${lanNet}.0/24`,
         gateway: `${lanNet}.1`,
@@ -183,7 +197,7 @@ export async function internetWithNats(lab: Lab, o: InternetOptions): Promise<In
     const addr = `198.18.0.${n}`;
     const addr6 = `2001:db8::${n.toString(16)}`;
     const host = await lab.host(name);
-    const ifname = await lab.attach(host, internet, { name: 'eth0', addr: [`${addr}/15`, `${addr6}/64`], gateway: [CORE, CORE6] });
+    const ifname = await lab.attach(host, internet, { name: 'eth0', addr: [`${addr}/24`, `${addr6}/64`], gateway: [CORE, CORE6] });
     return { host, addr, addr6, ifname };
   };
 
