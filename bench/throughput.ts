@@ -35,7 +35,6 @@ if (!Number.isFinite(seconds) || seconds < 1) {
   process.stderr.write(`throughput: --seconds ${values.seconds}: want a number ≥ 1\n`);
   process.exit(2);
 }
-delete process.env.NODE_OPTIONS;
 const profileDir = path.resolve('bench-profiles');
 const profileArgs = values.profile ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : [];
 

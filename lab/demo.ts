@@ -37,7 +37,6 @@ if (values.suite !== 'aes-gcm' && values.suite !== 'chacha20-poly1305') {
   process.exit(2);
 }
 const suite = values.suite as EspSuite;
-delete process.env.NODE_OPTIONS;
 
 const VIP_A = '10.123.0.1';
 const VIP_B = '10.123.0.2';

@@ -21,6 +21,17 @@ export type { NatType } from './nat.js';
 export const REGISTRY_DIR = process.env.NTM_LAB_REGISTRY ?? '/run/ntm-lab';
 export const NS_PREFIX = 'ntm-';
 const ID_RE = /^[0-9a-f]{6}$/;
+/**
+ * The environment of programs run in lab hosts: ours, less NODE_OPTIONS, so that a test runner's
+ * instrumentation (tap preloads its process tracker that way) does not ride along into the daemons
+ * and tools under test.
+ */
+function programEnv(): NodeJS.ProcessEnv {
+  const env = { ...process.env };
+  delete env.NODE_OPTIONS;
+  return env;
+}
+
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$/;
 const IFNAME_RE = /^[A-Za-z0-9_.-]{1,15}$/;
 
@@ -162,7 +173,7 @@ function checkIfName(name: string): void {
 /** Run a command in the root namespace (used for ip netns add/del and veth creation). */
 function run(cmd: string, args: string[], opts: ExecOptions & { label?: string } = {}): Promise<ExecResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'], env: opts.env ?? process.env, cwd: opts.cwd });
+    const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'], env: opts.env ?? programEnv(), cwd: opts.cwd });
     const out: Buffer[] = [];
     const err: Buffer[] = [];
     let timedOut = false;
@@ -823,7 +834,7 @@ export class Lab {
     const child = spawn('ip', ['netns', 'exec', host.ns, cmd, ...args], {
       stdio,
       detached: true, // own process group: destroy() kills the whole group
-      env: opts.env ?? process.env,
+      env: opts.env ?? programEnv(),
       cwd: opts.cwd,
     });
     if (fd !== undefined) fs.closeSync(fd);

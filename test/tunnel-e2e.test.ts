@@ -12,9 +12,6 @@ import { tsharkDecrypt } from './tools/tshark.js';
 import path from 'node:path';
 import { once } from 'node:events';
 
-// The programs in the lab are the real thing, not instrumented by the test runner.
-delete process.env.NODE_OPTIONS;
-
 const TRANSFER = fileURLToPath(new URL('../lab/tools/transfer.js', import.meta.url));
 const MB50 = 50 * 1024 * 1024;
 
