@@ -3,6 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
-npm run build --silent
 node dist/lab/cli.js cleanup >/dev/null # labs of earlier runs that were killed
 exec npm test --silent
