@@ -50,10 +50,6 @@ export const EspDrop = {
   dummy: -7,
   unknownSpi: -8,
 } as const;
-export type EspDropCode = (typeof EspDrop)[keyof typeof EspDrop];
-export const ESP_DROP_NAMES: Record<number, string> = Object.fromEntries(
-  Object.entries(EspDrop).map(([name, code]) => [code, name]),
-);
 
 /** Returned by seal() when the SA has used its last sequence number and must be replaced. */
 export const SEAL_EXHAUSTED = -1;
@@ -264,11 +260,6 @@ function shiftWindowLeft(w: Uint32Array, shift: number): void {
     if (bits !== 0 && src - 1 >= 0) v |= w[src - 1]! >>> (32 - bits);
     w[i] = v >>> 0;
   }
-}
-
-/** Reads the SPI of an ESP packet (caller has checked the length). */
-export function espSpi(pkt: Buffer, start: number): number {
-  return pkt.readUInt32BE(start);
 }
 
 /** Next header value for an inner IP packet from its version nibble, or 0 if it is not IP. */

@@ -9,9 +9,8 @@ export const IPV4_SRC_OFFSET = 12;
 export const IPV4_DST_OFFSET = 16;
 export const IPV6_SRC_OFFSET = 8;
 export const IPV6_DST_OFFSET = 24;
-/** Values of the version nibble. */
+/** The version nibble of an IPv4 header (anything else that passes nextHeaderFor is IPv6). */
 export const IP_VERSION_4 = 4;
-export const IP_VERSION_6 = 6;
 
 export class AddressError extends Error {
   override name = 'AddressError';
@@ -21,10 +20,6 @@ export class AddressError extends Error {
 export function ipv4ToNumber(address: string): number {
   if (!isIPv4(address)) throw new AddressError(`"${address}" is not an IPv4 address`);
   return address.split('.').reduce((n, part) => n * 256 + Number(part), 0);
-}
-
-export function numberToIpv4(n: number): string {
-  return [n >>> 24, (n >>> 16) & 255, (n >>> 8) & 255, n & 255].join('.');
 }
 
 /** An IPv6 address as 16 bytes (accepts every textual form node:net accepts, including ::ffff:a.b.c.d). */
@@ -44,29 +39,6 @@ export function ipv6ToBytes(address: string): Buffer {
   const out = Buffer.alloc(16);
   groups.forEach((g, i) => out.writeUInt16BE(parseInt(g, 16), i * 2));
   return out;
-}
-
-export function bytesToIpv6(bytes: Buffer, start = 0): string {
-  const groups: string[] = [];
-  for (let i = 0; i < 8; i++) groups.push(bytes.readUInt16BE(start + i * 2).toString(16));
-  // Compress the longest run of zero groups (RFC 5952).
-  let bestStart = -1;
-  let bestLength = 0;
-  for (let i = 0; i < 8; ) {
-    if (groups[i] !== '0') {
-      i++;
-      continue;
-    }
-    let j = i;
-    while (j < 8 && groups[j] === '0') j++;
-    if (j - i > bestLength && j - i > 1) {
-      bestStart = i;
-      bestLength = j - i;
-    }
-    i = j;
-  }
-  if (bestStart < 0) return groups.join(':');
-  return `${groups.slice(0, bestStart).join(':')}::${groups.slice(bestStart + bestLength).join(':')}`;
 }
 
 /** 32-bit FNV-1a of 16 address bytes: the key of the IPv6 tunnel map (collisions are checked). */

@@ -198,3 +198,15 @@ t.test('random datagrams never throw and every one is accounted for', async (t) 
   t.equal(accounted, N, 'each datagram was delivered or counted once');
   t.equal(b.dev.written.length, 1, 'none of the damaged ones reached the TUN');
 });
+
+t.test('address parsing for the tunnel table', async (t) => {
+  t.equal(ipv4ToNumber('10.123.0.2'), 0x0a7b0002);
+  t.equal(ipv4ToNumber('255.255.255.255'), 0xffffffff);
+  t.throws(() => ipv4ToNumber('10.0.0.256'), /not an IPv4 address/);
+  t.equal(ipv6ToBytes('fd7a:6e74:6d00::2').toString('hex'), 'fd7a6e746d0000000000000000000002');
+  t.equal(ipv6ToBytes('::').toString('hex'), '0'.repeat(32));
+  t.equal(ipv6ToBytes('1:2:3:4:5:6:7:8').toString('hex'), '00010002000300040005000600070008');
+  t.equal(ipv6ToBytes('::ffff:10.1.2.3').toString('hex'), '00000000000000000000ffff0a010203');
+  t.equal(ipv6ToBytes('fe80::1%eth0').toString('hex'), 'fe800000000000000000000000000001');
+  t.throws(() => ipv6ToBytes('fd7a::1::2'), /not an IPv6 address/);
+});
