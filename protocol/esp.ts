@@ -36,6 +36,7 @@ export const SEQ_MAX = 0xffffffff;
 export const REKEY_AFTER_PACKETS = SEQ_MAX - 0x00ffffff;
 /** Anti-replay window in packets (RFC 4303 §3.4.3 asks for at least 32; we keep 2048). */
 export const REPLAY_WINDOW = 2048;
+const WINDOW_BLOCKS = REPLAY_WINDOW / 32 + 1;
 /** SPIs 1..255 are reserved by IANA; 0 is never on the wire (RFC 4303 §2.1). */
 export const SPI_MIN = 256;
 
@@ -175,34 +176,32 @@ export class InboundSa extends SaBase {
   highestSeq = 0;
   nextHeader = 0;
   lastSeq = 0;
-  /** Bit i of the window: sequence number (highestSeq - i) was received. */
-  private readonly window = new Uint32Array(REPLAY_WINDOW / 32);
+  /**
+   * The window as a ring of 32-bit blocks (RFC 6479): sequence number n is bit (n & 31) of block
+   * (n >>> 5) % WINDOW_BLOCKS. Moving forward clears the blocks it enters instead of shifting
+   * the whole bitmap, so an in-order packet costs one word at most. One block more than the window
+   * needs keeps the oldest partial block alive while the newest fills.
+   */
+  private readonly window = new Uint32Array(WINDOW_BLOCKS);
   private readonly tag = Buffer.alloc(ESP_ICV_SIZE);
 
   /** Would this sequence number be accepted? (cheap check before decryption, RFC 4303 §3.4.3) */
   replayCheck(seq: number): number {
     if (seq === 0) return EspDrop.replayed;
     if (seq > this.highestSeq) return 0;
-    const age = this.highestSeq - seq;
-    if (age >= REPLAY_WINDOW) return EspDrop.tooOld;
-    return this.window[age >>> 5]! & (1 << (age & 31)) ? EspDrop.replayed : 0;
+    if (this.highestSeq - seq >= REPLAY_WINDOW) return EspDrop.tooOld;
+    return this.window[(seq >>> 5) % WINDOW_BLOCKS]! & (1 << (seq & 31)) ? EspDrop.replayed : 0;
   }
 
   private replayAccept(seq: number): void {
     const w = this.window;
     if (seq > this.highestSeq) {
-      const shift = seq - this.highestSeq;
-      if (shift >= REPLAY_WINDOW) {
-        w.fill(0);
-      } else {
-        shiftWindowLeft(w, shift);
-      }
+      const top = this.highestSeq >>> 5;
+      const blocks = Math.min((seq >>> 5) - top, WINDOW_BLOCKS);
+      for (let i = 1; i <= blocks; i++) w[(top + i) % WINDOW_BLOCKS] = 0;
       this.highestSeq = seq;
-      w[0]! |= 1;
-    } else {
-      const age = this.highestSeq - seq;
-      w[age >>> 5]! |= 1 << (age & 31);
     }
+    w[(seq >>> 5) % WINDOW_BLOCKS]! |= 1 << (seq & 31);
   }
 
   /**
@@ -247,18 +246,6 @@ export class InboundSa extends SaBase {
     this.nextHeader = nextHeader;
     this.lastSeq = seq;
     return plain.copy(out, outStart, 0, innerLength);
-  }
-}
-
-/** Shifts a little-endian array of 32-bit words (bit 0 of word 0 = newest) towards older ages. */
-function shiftWindowLeft(w: Uint32Array, shift: number): void {
-  const words = shift >>> 5;
-  const bits = shift & 31;
-  for (let i = w.length - 1; i >= 0; i--) {
-    const src = i - words;
-    let v = src >= 0 ? w[src]! << bits : 0;
-    if (bits !== 0 && src - 1 >= 0) v |= w[src - 1]! >>> (32 - bits);
-    w[i] = v >>> 0;
   }
 }
 
