@@ -32,6 +32,7 @@ import {
 } from '../netlink/rtnetlink.js';
 import { TunDevice } from '../netlink/tun.js';
 import { UdpSocket } from '../netlink/udp.js';
+import { icmpEcho, udpPacket } from './tools/packets.js';
 
 const INSIDE = process.env.NTM_TEST_NETNS;
 
@@ -43,67 +44,7 @@ async function waitFor(cond: () => boolean, what: string, ms = 3000): Promise<vo
   }
 }
 
-const ipBytes = (a: string): Buffer => {
-  const sa = encodeSockaddr(a, 0);
-  return decodeSockaddr(sa).family === 4 ? sa.subarray(20, 24) : sa.subarray(8, 24);
-};
-
-// ---- tiny packet builders/parsers for the TUN tests ------------------------------------------
-
-function checksum(buf: Buffer, sum = 0): number {
-  for (let i = 0; i + 1 < buf.length; i += 2) sum += buf.readUInt16BE(i);
-  if (buf.length & 1) sum += (buf[buf.length - 1] ?? 0) << 8;
-  while (sum > 0xffff) sum = (sum & 0xffff) + (sum >>> 16);
-  return ~sum & 0xffff;
-}
-
-function ipv4(src: string, dst: string, proto: number, payload: Buffer): Buffer {
-  const h = Buffer.alloc(20);
-  h[0] = 0x45;
-  h.writeUInt16BE(20 + payload.length, 2);
-  h.writeUInt16BE(0x4000, 6);
-  h[8] = 64;
-  h[9] = proto;
-  h.set(ipBytes(src), 12);
-  h.set(ipBytes(dst), 16);
-  h.writeUInt16BE(checksum(h), 10);
-  return Buffer.concat([h, payload]);
-}
-
-function icmpEcho4(src: string, dst: string, id: number, seq: number, data: Buffer): Buffer {
-  const m = Buffer.concat([Buffer.from([8, 0, 0, 0, id >> 8, id & 255, seq >> 8, seq & 255]), data]);
-  m.writeUInt16BE(checksum(m), 2);
-  return ipv4(src, dst, 1, m);
-}
-
-function udpHeader(sport: number, dport: number, data: Buffer): Buffer {
-  const u = Buffer.alloc(8);
-  u.writeUInt16BE(sport, 0);
-  u.writeUInt16BE(dport, 2);
-  u.writeUInt16BE(8 + data.length, 4);
-  return Buffer.concat([u, data]);
-}
-
-const udp4 = (src: string, sport: number, dst: string, dport: number, data: Buffer) =>
-  ipv4(src, dst, 17, udpHeader(sport, dport, data)); // checksum 0: none, allowed for IPv4
-
-function udp6(src: string, sport: number, dst: string, dport: number, data: Buffer): Buffer {
-  const u = udpHeader(sport, dport, data);
-  const pseudo = Buffer.alloc(40);
-  pseudo.set(ipBytes(src), 0);
-  pseudo.set(ipBytes(dst), 16);
-  pseudo.writeUInt32BE(u.length, 32);
-  pseudo[39] = 17;
-  u.writeUInt16BE(checksum(Buffer.concat([pseudo, u])) || 0xffff, 6);
-  const h = Buffer.alloc(40);
-  h[0] = 0x60;
-  h.writeUInt16BE(u.length, 4);
-  h[6] = 17;
-  h[7] = 64;
-  h.set(ipBytes(src), 8);
-  h.set(ipBytes(dst), 24);
-  return Buffer.concat([h, u]);
-}
+// ---- tiny packet parser and batch helper for the TUN tests -------------------------------
 
 interface Seen {
   src: string;
@@ -503,7 +444,7 @@ if (INSIDE === undefined) {
 
     // TUN -> kernel: an ICMP echo request to the TUN's own address; the reply comes back out
     const out = new PacketBatch(4, 2048);
-    putPacket(out, icmpEcho4('10.77.0.2', '10.77.0.1', 0x4242, 7, Buffer.from('ping payload')));
+    putPacket(out, icmpEcho('10.77.0.2', '10.77.0.1', 0x4242, 7, Buffer.from('ping payload')));
     t.equal(tun.write(out), 1, 'echo request written');
     await waitFor(
       () => seen.some((s) => s.proto === 1 && s.src === '10.77.0.1' && s.dst === '10.77.0.2' && s.body[0] === 0 && s.body.readUInt16BE(4) === 0x4242 && s.body.subarray(8).toString() === 'ping payload'),
@@ -519,8 +460,8 @@ if (INSIDE === undefined) {
     });
     out.count = 0;
     putPacket(out, Buffer.from([0x00, 1, 2, 3])); // not IP: the kernel refuses it (EINVAL), it is dropped
-    putPacket(out, udp4('10.77.0.2', 5555, '10.77.0.1', rx.port, Buffer.from('from-tun-v4')));
-    putPacket(out, udp6('fd77::2', 5556, 'fd77::1', rx.port, Buffer.from('from-tun-v6')));
+    putPacket(out, udpPacket('10.77.0.2', '10.77.0.1', 5555, rx.port, Buffer.from('from-tun-v4')));
+    putPacket(out, udpPacket('fd77::2', 'fd77::1', 5556, rx.port, Buffer.from('from-tun-v6')));
     t.equal(tun.write(out), 2, 'two written, the malformed one dropped without a throw');
     await waitFor(() => got.length === 2, 'UDP from the TUN to a socket');
     t.same(got.map((g) => g.data).sort(), ['from-tun-v4', 'from-tun-v6']);

@@ -6,80 +6,10 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ESP_MAX_OVERHEAD, OutboundSa, nextHeaderFor, type EspSuite } from '../protocol/esp.js';
-import { ipv4ToNumber, ipv6ToBytes } from '../protocol/ip.js';
 import {
   TSHARK, tsharkArgs, tsharkDecrypt, tsharkSupportsChacha, tsharkVersion, writePcap, type TsharkSa,
 } from './tools/tshark.js';
-
-// ---- packet building -------------------------------------------------------------------------
-
-function sum16(buf: Buffer, initial = 0): number {
-  let s = initial;
-  for (let i = 0; i + 1 < buf.length; i += 2) s += buf.readUInt16BE(i);
-  if (buf.length & 1) s += buf[buf.length - 1]! << 8;
-  return s;
-}
-function fold(s: number): number {
-  while (s > 0xffff) s = (s & 0xffff) + (s >>> 16);
-  return ~s & 0xffff;
-}
-
-function addrBytes(a: string): Buffer {
-  if (a.includes(':')) return ipv6ToBytes(a);
-  const b = Buffer.alloc(4);
-  b.writeUInt32BE(ipv4ToNumber(a) >>> 0);
-  return b;
-}
-
-/** IPv4 or IPv6 header + payload (family from the address syntax). */
-function ipPacket(src: string, dst: string, proto: number, payload: Buffer): Buffer {
-  if (src.includes(':')) {
-    const h = Buffer.alloc(40);
-    h[0] = 0x60;
-    h.writeUInt16BE(payload.length, 4);
-    h[6] = proto;
-    h[7] = 64;
-    addrBytes(src).copy(h, 8);
-    addrBytes(dst).copy(h, 24);
-    return Buffer.concat([h, payload]);
-  }
-  const h = Buffer.alloc(20);
-  h[0] = 0x45;
-  h.writeUInt16BE(20 + payload.length, 2);
-  h.writeUInt16BE(0x1234, 4);
-  h[8] = 64;
-  h[9] = proto;
-  addrBytes(src).copy(h, 12);
-  addrBytes(dst).copy(h, 16);
-  h.writeUInt16BE(fold(sum16(h)), 10);
-  return Buffer.concat([h, payload]);
-}
-
-/** UDP datagram with a correct checksum, inside IPv4 or IPv6. */
-function udpPacket(src: string, dst: string, sport: number, dport: number, data: Buffer): Buffer {
-  const u = Buffer.alloc(8 + data.length);
-  u.writeUInt16BE(sport, 0);
-  u.writeUInt16BE(dport, 2);
-  u.writeUInt16BE(u.length, 4);
-  data.copy(u, 8);
-  const pseudo = Buffer.concat([addrBytes(src), addrBytes(dst), Buffer.from([0, 17]), Buffer.alloc(2)]);
-  pseudo.writeUInt16BE(u.length, pseudo.length - 2);
-  const c = fold(sum16(u, sum16(pseudo)));
-  u.writeUInt16BE(c === 0 ? 0xffff : c, 6);
-  return ipPacket(src, dst, 17, u);
-}
-
-/** ICMP echo request (IPv4). */
-function icmpEcho(src: string, dst: string, id: number, seq: number): Buffer {
-  const m = Buffer.alloc(8 + 24, 0x5a);
-  m[0] = 8;
-  m[1] = 0;
-  m.writeUInt16BE(0, 2);
-  m.writeUInt16BE(id, 4);
-  m.writeUInt16BE(seq, 6);
-  m.writeUInt16BE(fold(sum16(m)), 2);
-  return ipPacket(src, dst, 1, m);
-}
+import { icmpEcho, udpPacket } from './tools/packets.js';
 
 interface Flow {
   name: string;
