@@ -2,7 +2,7 @@
 // us, from the LAN or the node itself, are looked up by inner destination VIP, sealed into ESP
 // under that tunnel's outbound SA, and sent as one batch of UDP datagrams.
 
-import { nextHeaderFor, SEAL_EXHAUSTED } from '../protocol/esp.js';
+import { NEXT_HEADER_IPV4, nextHeaderFor, SEAL_EXHAUSTED } from '../protocol/esp.js';
 import { IPV4_HEADER_MIN, IPV6_HEADER_SIZE } from '../protocol/ip.js';
 import { type EngineCounters } from './counters.js';
 import { SOCKADDR_SIZE, type DatagramSocket, type PacketBatch } from './io.js';
@@ -26,11 +26,11 @@ export class Inside {
       const start = batch.offset(i);
       const length = batch.lengths[i]!;
       const nextHeader = length > 0 ? nextHeaderFor(buf, start) : 0;
-      if (nextHeader === 0 || length < (buf[start]! >>> 4 === 4 ? IPV4_HEADER_MIN : IPV6_HEADER_SIZE)) {
+      if (nextHeader === 0 || length < (nextHeader === NEXT_HEADER_IPV4 ? IPV4_HEADER_MIN : IPV6_HEADER_SIZE)) {
         counters.outDropNotIp++;
         continue;
       }
-      const tunnel = table.byDestination(buf, start, buf[start]! >>> 4);
+      const tunnel = table.byDestination(buf, start, nextHeader);
       if (tunnel === undefined) {
         counters.outDropNoTunnel++;
         continue;

@@ -3,8 +3,8 @@
 // address (outbound) and by SPI (inbound) without allocating: IPv4 VIPs key a map by their
 // 32-bit value, IPv6 VIPs by a 32-bit hash whose collisions are resolved by comparing bytes.
 
-import { type InboundSa, type OutboundSa } from '../protocol/esp.js';
-import { hashIpv6, IPV4_DST_OFFSET, IPV6_DST_OFFSET, IP_VERSION_4 } from '../protocol/ip.js';
+import { NEXT_HEADER_IPV4, type InboundSa, type OutboundSa } from '../protocol/esp.js';
+import { hashIpv6, IPV4_DST_OFFSET, IPV6_DST_OFFSET } from '../protocol/ip.js';
 
 export interface TunnelStats {
   txPackets: number;
@@ -81,9 +81,9 @@ export class TunnelTable {
     return this.bySpi.get(spi);
   }
 
-  /** The tunnel for an inner packet's destination address (packet at buf[start], version known). */
-  byDestination(buf: Buffer, start: number, version: number): Tunnel | undefined {
-    if (version === IP_VERSION_4) return this.byVip4.get(buf.readUInt32BE(start + IPV4_DST_OFFSET));
+  /** The tunnel for an inner packet's destination address (packet at buf[start], its ESP next header known). */
+  byDestination(buf: Buffer, start: number, nextHeader: number): Tunnel | undefined {
+    if (nextHeader === NEXT_HEADER_IPV4) return this.byVip4.get(buf.readUInt32BE(start + IPV4_DST_OFFSET));
     return this.lookupVip6(buf, start + IPV6_DST_OFFSET);
   }
 
