@@ -53,16 +53,22 @@ export class Outside {
       }
       const slot = out.count;
       const at = out.offset(slot);
-      const innerLength = tunnel.inbound.open(buf, start, start + length, out.buf, at);
+      const sa = tunnel.inboundFor(buf.readUInt32BE(start))!;
+      const innerLength = sa.open(buf, start, start + length, out.buf, at);
       if (innerLength < 0) {
         counters.countEspDrop(innerLength);
         continue;
+      }
+      if (tunnel.pendingOutbound !== null && sa === tunnel.inbound) {
+        // The peer sends on the new SA, so it holds the new keys: switch our side too.
+        tunnel.outbound = tunnel.pendingOutbound;
+        tunnel.pendingOutbound = null;
       }
       if (!fromPeerVip(tunnel, out.buf, at, innerLength)) {
         counters.inDropSpoofedSource++;
         continue;
       }
-      this.learnEndpoint(tunnel, batch.addrs, i * SOCKADDR_SIZE);
+      if (sa === tunnel.inbound) this.learnEndpoint(tunnel, batch.addrs, i * SOCKADDR_SIZE);
       out.lengths[slot] = innerLength;
       out.count++;
       tunnel.stats.rxPackets++;
@@ -96,11 +102,16 @@ export class Outside {
 /** An inner packet must come from its tunnel's peer VIP: no spoofing of other addresses. */
 function fromPeerVip(tunnel: Tunnel, buf: Buffer, start: number, length: number): boolean {
   if (buf[start]! >>> 4 === IP_VERSION_4) {
-    return length >= 20 && tunnel.vip4 !== null && buf.readUInt32BE(start + IPV4_SRC_OFFSET) === tunnel.vip4;
+    if (length < 20) return false;
+    const src = buf.readUInt32BE(start + IPV4_SRC_OFFSET);
+    const vips = tunnel.vips4;
+    for (let i = 0; i < vips.length; i++) if (vips[i] === src) return true;
+    return false;
   }
-  return (
-    length >= 40 &&
-    tunnel.vip6 !== null &&
-    buf.compare(tunnel.vip6, 0, 16, start + IPV6_SRC_OFFSET, start + IPV6_SRC_OFFSET + 16) === 0
-  );
+  if (length < 40) return false;
+  const vips = tunnel.vips6;
+  for (let i = 0; i < vips.length; i++) {
+    if (buf.compare(vips[i]!, 0, 16, start + IPV6_SRC_OFFSET, start + IPV6_SRC_OFFSET + 16) === 0) return true;
+  }
+  return false;
 }

@@ -20,19 +20,38 @@ export class Tunnel {
   /** The peer's real endpoint (28-byte sockaddr, protocol/endpoint.ts), or null until learned. */
   endpoint: Buffer | null;
   readonly stats: TunnelStats = { txPackets: 0, txBytes: 0, rxPackets: 0, rxBytes: 0, lastTx: 0, lastRx: 0 };
+  /** Peer VIPs (the peer node's own and its published hosts'): IPv4 as 32-bit numbers, IPv6 as 16 bytes. */
+  readonly vips4: number[] = [];
+  readonly vips6: Buffer[] = [];
+  outbound: OutboundSa;
+  inbound: InboundSa;
+  /** During a rekey: the SA the peer may still be sending on, accepted until it goes quiet. */
+  previousInbound: InboundSa | null = null;
+  /** During a rekey (responder side): the new outbound SA, taken into use at the first packet on the new inbound SA. */
+  pendingOutbound: OutboundSa | null = null;
 
   constructor(
     readonly name: string,
-    /** Peer VIPs: IPv4 as a 32-bit number, IPv6 as 16 bytes; either may be absent. */
-    readonly vip4: number | null,
-    readonly vip6: Buffer | null,
-    readonly outbound: OutboundSa,
-    readonly inbound: InboundSa,
+    vip4: number | null,
+    vip6: Buffer | null,
+    outbound: OutboundSa,
+    inbound: InboundSa,
     endpoint: Buffer | null,
     /** Seconds between NAT keepalives to the peer (0: none). */
     readonly keepaliveSeconds = 0,
   ) {
     this.endpoint = endpoint;
+    this.outbound = outbound;
+    this.inbound = inbound;
+    if (vip4 !== null) this.vips4.push(vip4);
+    if (vip6 !== null) this.vips6.push(vip6);
+  }
+
+  /** The SA that an inbound packet's SPI names (the current one or, during a rekey, the previous). */
+  inboundFor(spi: number): InboundSa | null {
+    if (this.inbound.spi === spi) return this.inbound;
+    const p = this.previousInbound;
+    return p !== null && p.spi === spi ? p : null;
   }
 }
 
@@ -47,30 +66,75 @@ export class TunnelTable {
   private readonly all = new Set<Tunnel>();
 
   add(t: Tunnel): void {
+    if (this.all.has(t)) throw new TunnelTableError(`${t.name}: already in the table`);
     if (this.bySpi.has(t.inbound.spi)) throw new TunnelTableError(`${t.name}: inbound SPI ${t.inbound.spi} is already in use`);
-    if (t.vip4 !== null && this.byVip4.has(t.vip4)) throw new TunnelTableError(`${t.name}: IPv4 VIP is already in use`);
-    if (t.vip6 !== null && this.lookupVip6(t.vip6, 0)) throw new TunnelTableError(`${t.name}: IPv6 VIP is already in use`);
+    for (const v of t.vips4) if (this.byVip4.has(v)) throw new TunnelTableError(`${t.name}: IPv4 VIP is already in use`);
+    for (const v of t.vips6) if (this.lookupVip6(v, 0)) throw new TunnelTableError(`${t.name}: IPv6 VIP is already in use`);
     this.bySpi.set(t.inbound.spi, t);
-    if (t.vip4 !== null) this.byVip4.set(t.vip4, t);
-    if (t.vip6 !== null) {
-      const h = hashIpv6(t.vip6, 0);
-      const list = this.byVip6.get(h);
-      if (list) list.push(t);
-      else this.byVip6.set(h, [t]);
-    }
+    for (const v of t.vips4) this.byVip4.set(v, t);
+    for (const v of t.vips6) this.indexVip6(t, v);
     this.all.add(t);
   }
 
   remove(t: Tunnel): void {
     if (!this.all.delete(t)) return;
     this.bySpi.delete(t.inbound.spi);
-    if (t.vip4 !== null) this.byVip4.delete(t.vip4);
-    if (t.vip6 !== null) {
-      const h = hashIpv6(t.vip6, 0);
+    if (t.previousInbound) this.bySpi.delete(t.previousInbound.spi);
+    for (const v of t.vips4) this.byVip4.delete(v);
+    for (const v of t.vips6) {
+      const h = hashIpv6(v, 0);
       const rest = (this.byVip6.get(h) ?? []).filter((x) => x !== t);
       if (rest.length) this.byVip6.set(h, rest);
       else this.byVip6.delete(h);
     }
+  }
+
+  /** Adds a VIP to a tunnel in the table (a peer's published host); false if another tunnel has it. */
+  addVip4(t: Tunnel, vip: number): boolean {
+    const owner = this.byVip4.get(vip);
+    if (owner === t) return true;
+    if (owner !== undefined) return false;
+    t.vips4.push(vip);
+    this.byVip4.set(vip, t);
+    return true;
+  }
+
+  addVip6(t: Tunnel, vip: Buffer): boolean {
+    const owner = this.lookupVip6(vip, 0);
+    if (owner === t) return true;
+    if (owner !== undefined) return false;
+    t.vips6.push(vip);
+    this.indexVip6(t, vip);
+    return true;
+  }
+
+  /** Whether an inbound SPI is free to choose. */
+  spiFree(spi: number): boolean {
+    return !this.bySpi.has(spi);
+  }
+
+  /**
+   * Installs a rekeyed inbound SA: the current one becomes the previous (still accepted), the one
+   * before it is forgotten. The outbound SA is switched now (initiator) or held as pending until
+   * the peer is seen using the new keys (responder), so no packet in flight is lost.
+   */
+  rekey(t: Tunnel, inbound: InboundSa, outbound: OutboundSa, switchOutboundNow: boolean): void {
+    if (this.bySpi.has(inbound.spi)) throw new TunnelTableError(`${t.name}: inbound SPI ${inbound.spi} is already in use`);
+    if (t.previousInbound) this.bySpi.delete(t.previousInbound.spi);
+    t.previousInbound = t.inbound;
+    t.inbound = inbound;
+    this.bySpi.set(inbound.spi, t);
+    if (switchOutboundNow) {
+      t.outbound = outbound;
+      t.pendingOutbound = null;
+    } else t.pendingOutbound = outbound;
+  }
+
+  /** Forgets a rekeyed tunnel's previous inbound SA (after its grace period). */
+  retirePrevious(t: Tunnel): void {
+    if (t.previousInbound === null) return;
+    this.bySpi.delete(t.previousInbound.spi);
+    t.previousInbound = null;
   }
 
   tunnels(): IterableIterator<Tunnel> {
@@ -87,10 +151,17 @@ export class TunnelTable {
     return this.lookupVip6(buf, start + IPV6_DST_OFFSET);
   }
 
+  private indexVip6(t: Tunnel, v: Buffer): void {
+    const h = hashIpv6(v, 0);
+    const list = this.byVip6.get(h);
+    if (list) list.push(t);
+    else this.byVip6.set(h, [t]);
+  }
+
   private lookupVip6(buf: Buffer, at: number): Tunnel | undefined {
     const list = this.byVip6.get(hashIpv6(buf, at));
     if (!list) return undefined;
-    for (const t of list) if (buf.compare(t.vip6!, 0, 16, at, at + 16) === 0) return t;
+    for (const t of list) for (const v of t.vips6) if (buf.compare(v, 0, 16, at, at + 16) === 0) return t;
     return undefined;
   }
 }

@@ -1,0 +1,96 @@
+// Mutually authenticated TLS between servers (AS → DC Key Distribution, DC ↔ DC and DC ↔ RS
+// first contact): certificates from the operator's CA on both sides, TLS 1.3, and a stream of
+// control messages of key class "tls" (protocol/control.ts), each behind a 2-byte length.
+
+import { readFileSync } from 'node:fs';
+import * as tls from 'node:tls';
+import { decodeTlsMessage, encodeTlsMessage, type Body, type ControlMessage, type MessageName } from '../protocol/control.js';
+import { newMessageId } from '../protocol/channel.js';
+
+export interface TlsFiles {
+  caFile: string;
+  certFile: string;
+  keyFile: string;
+}
+
+export function tlsContextOptions(f: TlsFiles): { ca: Buffer; cert: Buffer; key: Buffer; minVersion: 'TLSv1.3' } {
+  return { ca: readFileSync(f.caFile), cert: readFileSync(f.certFile), key: readFileSync(f.keyFile), minVersion: 'TLSv1.3' };
+}
+
+export function connectMutualTls(files: TlsFiles, host: string, port: number, servername: string, timeoutMs = 5000): Promise<tls.TLSSocket> {
+  return new Promise((resolve, reject) => {
+    const socket = tls.connect({ ...tlsContextOptions(files), host, port, servername, rejectUnauthorized: true });
+    const timer = setTimeout(() => {
+      socket.destroy();
+      reject(new Error(`TLS ${host}:${port}: no handshake within ${timeoutMs} ms`));
+    }, timeoutMs);
+    socket.once('secureConnect', () => {
+      clearTimeout(timer);
+      resolve(socket);
+    });
+    socket.once('error', (e) => {
+      clearTimeout(timer);
+      reject(new Error(`TLS ${host}:${port}: ${e.message}`));
+    });
+  });
+}
+
+const MAX_FRAME = 4096;
+
+/** Reassembles 2-byte-length frames from a TLS stream and decodes each as a control message. */
+export function onMessages(socket: tls.TLSSocket, handler: (m: ControlMessage, messageId: bigint) => void, onError: (e: Error) => void): void {
+  let pending: Buffer = Buffer.alloc(0);
+  socket.on('data', (chunk: Buffer) => {
+    pending = pending.length ? Buffer.concat([pending, chunk]) : chunk;
+    while (pending.length >= 2) {
+      const n = pending.readUInt16BE(0);
+      if (n === 0 || n > MAX_FRAME) {
+        onError(new Error(`TLS stream: frame of ${n} bytes`));
+        socket.destroy();
+        return;
+      }
+      if (pending.length < 2 + n) break;
+      const frame = pending.subarray(2, 2 + n);
+      pending = pending.subarray(2 + n);
+      try {
+        const { envelope, message } = decodeTlsMessage(frame);
+        handler(message, envelope.messageId);
+      } catch (e) {
+        onError(e as Error);
+        socket.destroy();
+        return;
+      }
+    }
+  });
+}
+
+export function writeMessage<N extends MessageName>(socket: tls.TLSSocket, type: N, body: Body<N>, messageId: bigint = newMessageId()): bigint {
+  const m = encodeTlsMessage(type, body, messageId, Date.now());
+  const len = Buffer.alloc(2);
+  len.writeUInt16BE(m.length);
+  socket.write(Buffer.concat([len, m]));
+  return messageId;
+}
+
+/** Sends one message and waits for the first message back (an NTM ACK, typically). */
+export function tlsRequest<N extends MessageName>(socket: tls.TLSSocket, type: N, body: Body<N>, timeoutMs = 5000): Promise<ControlMessage> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`${type}: no answer within ${timeoutMs} ms`)), timeoutMs);
+    onMessages(
+      socket,
+      (m) => {
+        clearTimeout(timer);
+        resolve(m);
+      },
+      (e) => {
+        clearTimeout(timer);
+        reject(e);
+      },
+    );
+    socket.once('close', () => {
+      clearTimeout(timer);
+      reject(new Error(`${type}: connection closed before an answer`));
+    });
+    writeMessage(socket, type, body);
+  });
+}
