@@ -1,0 +1,275 @@
+#!/usr/bin/env node
+// The AS's command: `serve` runs the Account Server from a JSON config, `account …` administers
+// the account store file. The admin commands never load the key-distribution module (it talks to
+// DCs over mutual TLS and is only needed to serve).
+
+import { readFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import type { KeyDistributorOptions } from './key-distribution.js';
+import { AsServer, type LoginLimits } from './server.js';
+import { AccountStore, StoreError, type Account } from './store.js';
+
+const USAGE = `Usage: node dist/servers/as/cli.js <command> [options]
+
+Commands:
+  serve --config FILE                      Run the Account Server.
+  account add --store F --email E [--password-file F]
+                                           Add an account; the password comes from the file, or
+                                           else from stdin (never from a terminal, which would echo
+                                           it). Creates the store (mode 0600) if it does not exist.
+  account bind --store F --email E --name FQDN [--name FQDN ...]
+                                           Bind names to an account; the first name it ever gets is
+                                           its FQDN, which names its DC. A name has one owner.
+  account key --store F --email E --public-key B64
+                                           Set the node's X25519 public key (32 bytes, base64url).
+  account revoke --store F --email E       Refuse all further logins of the account.
+  account list --store F [--json]          Show the accounts (never the password hashes).
+
+Options:
+  -h, --help                               This help.
+  --verbose                                (serve) Log every login outcome as JSON lines on stderr.
+
+Config of serve (JSON):
+  {
+    "listen": { "host": "::", "port": 8443 },
+    "cert": "/etc/ntmobile/as.crt", "key": "/etc/ntmobile/as.key",
+    "store": "/var/lib/ntmobile/accounts.json",
+    "keyLifetimeSeconds": 86400,
+    "limits": { "accountFailures": 5, "accountWindowSeconds": 900,
+                "sourceRequests": 20, "sourceWindowSeconds": 60, "maxTracked": 50000 },
+    "keyDistribution": { "ca": "/etc/ntmobile/ca.crt", "cert": "/etc/ntmobile/as.crt",
+                         "key": "/etc/ntmobile/as.key", "resolver": "192.0.2.53",
+                         "dc": { "example.net": "dc.example.net:4500" } }
+  }
+  keyLifetimeSeconds, limits, keyDistribution.resolver and keyDistribution.dc are optional.
+
+Exit status: 0 done, 1 failed, 2 usage error.
+`;
+
+class UsageError extends Error {}
+
+interface AsConfig {
+  listen: { host: string; port: number };
+  cert: string;
+  key: string;
+  store: string;
+  keyLifetimeSeconds?: number;
+  limits?: Partial<LoginLimits>;
+  keyDistribution: KeyDistributorOptions;
+}
+
+type Json = Record<string, unknown>;
+
+function isObject(v: unknown): v is Json {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/** Checks a config document; errors name the field, e.g. `listen.port: 70000: want 0..65535`. */
+function parseAsConfig(text: string, file: string): AsConfig {
+  let doc: unknown;
+  try {
+    doc = JSON.parse(text);
+  } catch (err) {
+    throw new UsageError(`${file}: not valid JSON: ${(err as Error).message}`);
+  }
+  const bad = (field: string, value: unknown, want: string) =>
+    new UsageError(`${file}: ${field}: ${JSON.stringify(value) ?? 'missing'}: want ${want}`);
+  const onlyKnown = (obj: Json, prefix: string, known: string[]) => {
+    const unknown = Object.keys(obj).find((k) => !known.includes(k));
+    if (unknown !== undefined) throw new UsageError(`${file}: ${prefix}${unknown}: unknown field`);
+  };
+  const str = (obj: Json, field: string, prefix: string): string => {
+    const v = obj[field];
+    if (typeof v !== 'string' || v === '') throw bad(prefix + field, v, 'a non-empty string');
+    return v;
+  };
+  if (!isObject(doc)) throw new UsageError(`${file}: want a JSON object`);
+  onlyKnown(doc, '', ['listen', 'cert', 'key', 'store', 'keyLifetimeSeconds', 'limits', 'keyDistribution']);
+
+  const listen = doc.listen;
+  if (!isObject(listen)) throw bad('listen', listen, '{ "host", "port" }');
+  onlyKnown(listen, 'listen.', ['host', 'port']);
+  const host = listen.host === undefined ? '::' : str(listen, 'host', 'listen.');
+  if (!Number.isInteger(listen.port) || (listen.port as number) < 0 || (listen.port as number) > 65535) throw bad('listen.port', listen.port, '0..65535');
+
+  const config: AsConfig = {
+    listen: { host, port: listen.port as number },
+    cert: str(doc, 'cert', ''),
+    key: str(doc, 'key', ''),
+    store: str(doc, 'store', ''),
+    keyDistribution: { caFile: '', certFile: '', keyFile: '' },
+  };
+  if (doc.keyLifetimeSeconds !== undefined) {
+    if (!Number.isInteger(doc.keyLifetimeSeconds) || (doc.keyLifetimeSeconds as number) < 60) throw bad('keyLifetimeSeconds', doc.keyLifetimeSeconds, 'an integer of at least 60');
+    config.keyLifetimeSeconds = doc.keyLifetimeSeconds as number;
+  }
+  if (doc.limits !== undefined) {
+    const limits = doc.limits;
+    if (!isObject(limits)) throw bad('limits', limits, 'an object');
+    onlyKnown(limits, 'limits.', ['accountFailures', 'accountWindowSeconds', 'sourceRequests', 'sourceWindowSeconds', 'maxTracked']);
+    for (const [k, v] of Object.entries(limits)) if (!Number.isInteger(v) || (v as number) < 1) throw bad(`limits.${k}`, v, 'a positive integer');
+    config.limits = limits as Partial<LoginLimits>;
+  }
+  const kd = doc.keyDistribution;
+  if (!isObject(kd)) throw bad('keyDistribution', kd, '{ "ca", "cert", "key" } (mutual TLS to the DCs)');
+  onlyKnown(kd, 'keyDistribution.', ['ca', 'cert', 'key', 'resolver', 'dc']);
+  config.keyDistribution = {
+    caFile: str(kd, 'ca', 'keyDistribution.'),
+    certFile: str(kd, 'cert', 'keyDistribution.'),
+    keyFile: str(kd, 'key', 'keyDistribution.'),
+  };
+  if (kd.resolver !== undefined) config.keyDistribution.resolver = str(kd, 'resolver', 'keyDistribution.');
+  if (kd.dc !== undefined) {
+    const dc = kd.dc;
+    if (!isObject(dc)) throw bad('keyDistribution.dc', dc, '{ "<domain>": "host:port" }');
+    for (const [domain, target] of Object.entries(dc)) {
+      if (typeof target !== 'string' || !/^(\[[0-9a-fA-F:.]+\]|[^:\s]+):\d{1,5}$/.test(target)) throw bad(`keyDistribution.dc.${domain}`, target, '"host:port" or "[v6]:port"');
+    }
+    config.keyDistribution.dcOverride = dc as Record<string, string>;
+  }
+  return config;
+}
+
+function readFile(path: string, what: string): Buffer {
+  try {
+    return readFileSync(path);
+  } catch (err) {
+    throw new Error(`${what} ${path}: ${(err as Error).message}`);
+  }
+}
+
+async function serve(argv: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args: argv,
+    options: { config: { type: 'string' }, verbose: { type: 'boolean', default: false }, help: { type: 'boolean', short: 'h', default: false } },
+    strict: true,
+  });
+  if (values.help) return void process.stdout.write(USAGE);
+  if (!values.config) throw new UsageError('serve: --config FILE is required');
+  const config = parseAsConfig(readFile(values.config, 'config').toString('utf8'), values.config);
+  const store = AccountStore.open(config.store);
+  const { makeKeyDistributor } = await import('./key-distribution.js');
+  const server = new AsServer({
+    host: config.listen.host,
+    port: config.listen.port,
+    cert: readFile(config.cert, 'cert'),
+    key: readFile(config.key, 'key'),
+    store,
+    distributeKey: makeKeyDistributor(config.keyDistribution),
+    limits: config.limits,
+    keyLifetimeSeconds: config.keyLifetimeSeconds,
+    log: (event) => values.verbose && process.stderr.write(`${JSON.stringify({ time: new Date().toISOString(), ...event })}\n`),
+  });
+  const { port } = await server.start();
+  process.stdout.write(`ready port ${port}\n`);
+  const stop = () => void server.stop().then(() => process.exit(0));
+  process.on('SIGINT', stop);
+  process.on('SIGTERM', stop);
+  process.on('SIGUSR1', () => process.stderr.write(`${JSON.stringify(server.counters.snapshot())}\n`));
+}
+
+async function readPassword(file: string | undefined): Promise<string> {
+  let text: string;
+  if (file !== undefined) {
+    text = readFile(file, 'password file').toString('utf8');
+  } else {
+    if (process.stdin.isTTY) throw new UsageError('account add: give the password with --password-file F or on stdin (e.g. < F); it is not read from a terminal, which would echo it');
+    const chunks: Buffer[] = [];
+    for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
+    text = Buffer.concat(chunks).toString('utf8');
+  }
+  // The one line ending that editors and `echo` add is not part of the password.
+  return text.replace(/\r?\n$/, '');
+}
+
+function describe(a: Account): string {
+  const state = a.revoked ? 'revoked' : 'active';
+  return `${a.email}\t${state}\t${a.names.join(',') || '-'}\t${a.publicKey ?? '-'}\t${a.createdAt}`;
+}
+
+async function account(argv: string[]): Promise<void> {
+  const [sub, ...rest] = argv;
+  const { values } = parseArgs({
+    args: rest,
+    options: {
+      store: { type: 'string' },
+      email: { type: 'string' },
+      'password-file': { type: 'string' },
+      name: { type: 'string', multiple: true },
+      'public-key': { type: 'string' },
+      json: { type: 'boolean', default: false },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
+    strict: true,
+  });
+  if (values.help) return void process.stdout.write(USAGE);
+  const allowed: Record<string, string[]> = {
+    add: ['store', 'email', 'password-file'],
+    bind: ['store', 'email', 'name'],
+    key: ['store', 'email', 'public-key'],
+    revoke: ['store', 'email'],
+    list: ['store', 'json'],
+  };
+  if (sub === undefined || !(sub in allowed)) throw new UsageError(`account: want one of ${Object.keys(allowed).join(', ')}, got ${sub ?? 'nothing'}`);
+  const given = Object.keys(values).filter((k) => k !== 'help' && !(k === 'json' && !values.json));
+  const stray = given.find((k) => !allowed[sub]!.includes(k));
+  if (stray !== undefined) throw new UsageError(`account ${sub}: --${stray} does not apply`);
+  const need = (v: string | undefined, flag: string): string => {
+    if (v === undefined) throw new UsageError(`account ${sub}: --${flag} is required`);
+    return v;
+  };
+  const storePath = need(values.store, 'store');
+  switch (sub) {
+    case 'add': {
+      const email = need(values.email, 'email');
+      const password = await readPassword(values['password-file']);
+      const a = await AccountStore.open(storePath, { create: true }).addAccount(email, password);
+      process.stdout.write(`added ${a.email}\n`);
+      return;
+    }
+    case 'bind': {
+      const email = need(values.email, 'email');
+      if (!values.name || values.name.length === 0) throw new UsageError('account bind: --name FQDN is required');
+      const a = AccountStore.open(storePath).bindNames(email, values.name);
+      process.stdout.write(`${a.email}: ${a.names.join(', ')}\n`);
+      return;
+    }
+    case 'key': {
+      const a = AccountStore.open(storePath).setPublicKey(need(values.email, 'email'), need(values['public-key'], 'public-key'));
+      process.stdout.write(`${a.email}: public key ${a.publicKey}\n`);
+      return;
+    }
+    case 'revoke': {
+      const a = AccountStore.open(storePath).revoke(need(values.email, 'email'));
+      process.stdout.write(`revoked ${a.email}\n`);
+      return;
+    }
+    case 'list': {
+      const accounts = AccountStore.open(storePath).list();
+      if (values.json) {
+        const shown = accounts.map(({ passwordHash: _hidden, ...rest }) => rest);
+        process.stdout.write(`${JSON.stringify(shown, null, 2)}\n`);
+      } else {
+        process.stdout.write(`email\tstate\tnames\tpublic key\tcreated\n${accounts.map(describe).join('\n')}${accounts.length ? '\n' : ''}`);
+      }
+    }
+  }
+}
+
+async function main(argv: string[]): Promise<void> {
+  const [command, ...rest] = argv;
+  if (command === undefined || command === '-h' || command === '--help' || command === 'help') {
+    process.stdout.write(USAGE);
+    if (command === undefined) process.exitCode = 2;
+    return;
+  }
+  if (command === 'serve') return serve(rest);
+  if (command === 'account') return account(rest);
+  throw new UsageError(`unknown command "${command}" (serve, account; see --help)`);
+}
+
+main(process.argv.slice(2)).catch((err: Error) => {
+  const usage = err instanceof UsageError || (err as NodeJS.ErrnoException).code?.startsWith('ERR_PARSE_ARGS');
+  process.stderr.write(`ntmobile-as: ${err instanceof StoreError || usage ? '' : `${err.name}: `}${err.message}\n`);
+  process.exit(usage ? 2 : 1);
+});
