@@ -7,12 +7,25 @@ import { decodeSockaddr, formatEndpoint } from '../protocol/endpoint.js';
 import { type Engine } from './engine.js';
 import { ConfigError, loadStaticConfig } from './static-config.js';
 import { startStaticTunnel } from './static-tunnel.js';
+import { apiCall } from './api.js';
+import { loadRouterConfig, RouterConfigError } from './config.js';
+import { RouterDaemon } from './daemon.js';
 
 const USAGE = `Usage: ntmobile <command> [options]
 
 Commands:
+  router --config FILE   Run the NTMobile node daemon for this router and its LAN
+                         (login, registration, DNS hook, tunnels, LAN translation).
+                         File format: docs/router.md
+  status                 The running daemon's state, registrations and counters.
+  peers                  Tunnels: peer node, names and VIPs, path, bytes each way, last traffic.
+  ping NAME [-c N]       Resolve NAME through NTMobile (sets up the tunnel) and ping its VIP.
   tunnel --config FILE   Bring up one node with static peers and keys (debugging, interop).
                          File format: docs/static-tunnel.md
+
+Options for status, peers, ping:
+  --socket PATH          The daemon's API socket (default /var/run/ntmobile.sock).
+  --json                 Print JSON instead of text.
 
 Options for tunnel:
   --config FILE          The node's configuration (JSON).
@@ -80,9 +93,88 @@ async function tunnel(argv: string[]): Promise<void> {
   process.on('SIGUSR1', () => process.stderr.write(`${JSON.stringify(status(engine))}\n`));
 }
 
+async function router(argv: string[]): Promise<void> {
+  const { values } = parseArgs({ args: argv, options: { config: { type: 'string' }, verbose: { type: 'boolean', default: false }, help: { type: 'boolean', short: 'h', default: false } }, strict: true });
+  if (values.help) {
+    process.stdout.write(USAGE);
+    return;
+  }
+  if (!values.config) fail('router: --config FILE is required (see ntmobile --help)');
+  let config;
+  try {
+    config = loadRouterConfig(values.config);
+  } catch (e) {
+    if (e instanceof RouterConfigError) fail(`config: ${e.message}`);
+    throw e;
+  }
+  const log = (msg: string): void => {
+    if (values.verbose) process.stderr.write(`ntmobile: ${msg}\n`);
+  };
+  const daemon = new RouterDaemon(config, log);
+  let stopping = false;
+  const stop = (): void => {
+    if (stopping) return;
+    stopping = true;
+    void daemon.stop().then(() => process.exit(0));
+  };
+  process.on('SIGINT', stop);
+  process.on('SIGTERM', stop);
+  await daemon.start();
+  process.stdout.write(`ready ${config.name} port ${config.listen.port}\n`);
+}
+
+async function client(command: 'status' | 'peers' | 'ping', argv: string[]): Promise<void> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    options: { socket: { type: 'string', default: '/var/run/ntmobile.sock' }, json: { type: 'boolean', default: false }, count: { type: 'string', short: 'c', default: '3' } },
+    allowPositionals: command === 'ping',
+    strict: true,
+  });
+  const args: Record<string, unknown> = {};
+  if (command === 'ping') {
+    if (positionals.length !== 1) fail('ping: give one NAME');
+    args.name = positionals[0];
+    args.count = Number(values.count);
+  }
+  const result = await apiCall(values.socket, command, args);
+  if (values.json) {
+    process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
+    return;
+  }
+  process.stdout.write(formatResult(command, result));
+}
+
+function formatResult(command: string, r: unknown): string {
+  if (command === 'status') {
+    const s = r as { state: string; error: string | null; name: string; dc: string | null; registered: { name: string; vip4: string; vip6: string; observed: { address: string; port: number } | null }[] };
+    const lines = [`${s.name}: ${s.state}${s.error ? ` (${s.error})` : ''}`, `DC: ${s.dc ?? '-'}`];
+    for (const g of s.registered) lines.push(`  ${g.name}  ${g.vip4}  ${g.vip6}  seen by the DC as ${g.observed ? formatEndpoint(g.observed) : '-'}`);
+    return `${lines.join('\n')}\n`;
+  }
+  if (command === 'peers') {
+    const list = r as { node: string; names: Record<string, { vip4: string | null; vip6: string | null }>; path: string | null; route: string; txBytes: number; rxBytes: number; lastTx: number | null; lastRx: number | null }[];
+    if (list.length === 0) return 'no tunnels\n';
+    const ago = (t: number | null): string => (t === null ? 'never' : `${Math.round((Date.now() - t) / 1000)} s ago`);
+    return list
+      .map((p) => {
+        const names = Object.entries(p.names).map(([n, v]) => `${n} (${[v.vip4, v.vip6].filter(Boolean).join(', ')})`);
+        return `${p.node}  path ${p.path ?? '-'}  ${p.route}\n  names: ${names.join('; ')}\n  sent ${p.txBytes} B, received ${p.rxBytes} B, last traffic out ${ago(p.lastTx)}, in ${ago(p.lastRx)}\n`;
+      })
+      .join('');
+  }
+  const p = r as { name: string; vip: string; setupMs: number; sent: number; received: number; rttMs: number[] };
+  return `${p.name} is ${p.vip} (resolved in ${p.setupMs} ms): ${p.received}/${p.sent} replies${p.rttMs.length ? `, rtt ${p.rttMs.join(' / ')} ms` : ''}\n`;
+}
+
 async function main(): Promise<void> {
   const [command, ...rest] = process.argv.slice(2);
   switch (command) {
+    case 'router':
+      return router(rest);
+    case 'status':
+    case 'peers':
+    case 'ping':
+      return client(command, rest);
     case 'tunnel':
       return tunnel(rest);
     case undefined:

@@ -1,0 +1,163 @@
+// `ntmobile router --config FILE`: the node daemon's configuration (JSON; on OpenWrt generated
+// from UCI by the init script). Every error names the field: `publish[1].address: "192.168.2.300"
+// is not an IP address`. Defaults are the ones a single router on one LAN wants.
+
+import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
+import { isDnsName } from '../protocol/control.js';
+import { type EspSuite } from '../protocol/esp.js';
+
+export interface PublishedHostConfig {
+  name: string;
+  /** The host's LAN address (IPv4 and/or IPv6). */
+  address4: string | null;
+  address6: string | null;
+}
+
+export interface RouterConfig {
+  /** The router's own name (its account's first name at the AS). */
+  name: string;
+  account: { email: string; password: string };
+  as: { url: string; caFile: string };
+  /** Raw 32-byte X25519 private key, base64, in a 0600 file; made on first start if missing. */
+  privateKeyFile: string;
+  listen: { address: string; port: number };
+  tun: { name: string; mtu: number };
+  lan: { interfaces: string[] };
+  publish: PublishedHostConfig[];
+  dns: { address: string; port: number; domains: string[]; timeoutMs: number };
+  /** DNS servers for finding DCs by NS record (the system's if empty). */
+  resolvers: string[];
+  /** Fixed DC addresses per zone, skipping the NS lookup ({"fleet1.test": "198.18.0.10"}). */
+  dc: Record<string, string>;
+  dcPort: number;
+  suite: EspSuite;
+  rekeyAfterSeconds: number;
+  /** Free local addresses for peer VIPs that collide with a local network (ARCHITECTURE §2.5). */
+  mapPool4: string;
+  socketPath: string;
+  nftTable: string;
+}
+
+export class RouterConfigError extends Error {
+  override readonly name = 'RouterConfigError';
+}
+
+type Json = Record<string, unknown>;
+
+function obj(v: unknown, field: string): Json {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new RouterConfigError(`${field}: want an object`);
+  return v as Json;
+}
+
+function str(o: Json, key: string, field: string, def?: string): string {
+  const v = o[key] ?? def;
+  if (typeof v !== 'string' || v.length === 0) throw new RouterConfigError(`${field}${key}: want a non-empty string${def === undefined ? ' (required)' : ''}`);
+  return v;
+}
+
+function int(o: Json, key: string, field: string, def: number, min: number, max: number): number {
+  const v = o[key] ?? def;
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) throw new RouterConfigError(`${field}${key}: ${JSON.stringify(v)} is not an integer in ${min}..${max}`);
+  return v;
+}
+
+function name(v: unknown, field: string): string {
+  if (typeof v !== 'string' || !isDnsName(v)) throw new RouterConfigError(`${field}: ${JSON.stringify(v)} is not a lower-case DNS name`);
+  return v;
+}
+
+function strings(o: Json, key: string, field: string): string[] {
+  const v = o[key] ?? [];
+  if (!Array.isArray(v) || v.some((x) => typeof x !== 'string')) throw new RouterConfigError(`${field}${key}: want a list of strings`);
+  return v as string[];
+}
+
+export function parseRouterConfig(text: string, baseDir = '.'): RouterConfig {
+  let root: Json;
+  try {
+    root = obj(JSON.parse(text), 'config');
+  } catch (e) {
+    if (e instanceof RouterConfigError) throw e;
+    throw new RouterConfigError(`config: not valid JSON (${(e as Error).message})`);
+  }
+  const known = ['name', 'account', 'as', 'privateKeyFile', 'listen', 'tun', 'lan', 'publish', 'dns', 'resolvers', 'dc', 'dcPort', 'suite', 'rekeyAfterSeconds', 'mapPool4', 'socketPath', 'nftTable'];
+  for (const k of Object.keys(root)) if (!known.includes(k)) throw new RouterConfigError(`${k}: unknown setting (known: ${known.join(', ')})`);
+  const account = obj(root.account, 'account');
+  let password: string;
+  if (typeof account.passwordFile === 'string') {
+    try {
+      password = readFileSync(resolvePath(baseDir, account.passwordFile), 'utf8').trim();
+    } catch (e) {
+      throw new RouterConfigError(`account.passwordFile: ${(e as Error).message}`);
+    }
+  } else password = str(account, 'password', 'account.');
+  const as = obj(root.as, 'as');
+  const url = str(as, 'url', 'as.');
+  if (!/^https:\/\//.test(url)) throw new RouterConfigError(`as.url: "${url}" must be an https:// URL`);
+  const listen = obj(root.listen ?? {}, 'listen');
+  const tun = obj(root.tun ?? {}, 'tun');
+  const lan = obj(root.lan ?? {}, 'lan');
+  const dns = obj(root.dns ?? {}, 'dns');
+  const publishRaw = root.publish ?? [];
+  if (!Array.isArray(publishRaw)) throw new RouterConfigError('publish: want a list');
+  const ownName = name(root.name, 'name');
+  const publish = publishRaw.map((p, i) => {
+    const f = `publish[${i}].`;
+    const o = obj(p, `publish[${i}]`);
+    const n = name(o.name, `${f}name`);
+    if (!n.endsWith(`.${ownName}`) && n.split('.').slice(1).join('.') !== ownName.split('.').slice(1).join('.')) {
+      throw new RouterConfigError(`${f}name: "${n}" is neither under ${ownName} nor in its zone`);
+    }
+    const addrs = typeof o.address === 'string' ? [o.address] : strings(o, 'addresses', f);
+    if (addrs.length === 0) throw new RouterConfigError(`${f}address: required`);
+    for (const a of addrs) if (!isIP(a)) throw new RouterConfigError(`${f}address: "${a}" is not an IP address`);
+    return { name: n, address4: addrs.find((a) => isIP(a) === 4) ?? null, address6: addrs.find((a) => isIP(a) === 6) ?? null };
+  });
+  const suite = str(root, 'suite', '', 'aes-gcm');
+  if (suite !== 'aes-gcm' && suite !== 'chacha20-poly1305') throw new RouterConfigError(`suite: "${suite}", want aes-gcm or chacha20-poly1305`);
+  const domains = strings(dns, 'domains', 'dns.').map((d, i) => name(d, `dns.domains[${i}]`));
+  const dc = obj(root.dc ?? {}, 'dc');
+  for (const [z, a] of Object.entries(dc)) if (typeof a !== 'string' || !isIP(a)) throw new RouterConfigError(`dc.${z}: want an IP address`);
+  const tunName = str(tun, 'name', 'tun.', 'ntm0');
+  if (tunName.length > 15) throw new RouterConfigError(`tun.name: "${tunName}" is longer than 15 characters`);
+  return {
+    name: ownName,
+    account: { email: str(account, 'email', 'account.'), password },
+    as: { url, caFile: resolvePath(baseDir, str(as, 'ca', 'as.')) },
+    privateKeyFile: resolvePath(baseDir, str(root, 'privateKeyFile', '', '/etc/ntmobile/node.key')),
+    listen: { address: str(listen, 'address', 'listen.', '::'), port: int(listen, 'port', 'listen.', 4500, 0, 65535) },
+    tun: { name: tunName, mtu: int(tun, 'mtu', 'tun.', 1400, 1280, 9000) },
+    lan: { interfaces: strings(lan, 'interfaces', 'lan.') },
+    publish,
+    dns: {
+      address: str(dns, 'address', 'dns.', '127.0.0.1'),
+      port: int(dns, 'port', 'dns.', 5353, 0, 65535),
+      domains: domains.length ? domains : [ownName.split('.').slice(1).join('.')],
+      timeoutMs: int(dns, 'timeoutMs', 'dns.', 3000, 100, 30000),
+    },
+    resolvers: strings(root, 'resolvers', ''),
+    dc: dc as Record<string, string>,
+    dcPort: int(root, 'dcPort', '', 4500, 1, 65535),
+    suite,
+    rekeyAfterSeconds: int(root, 'rekeyAfterSeconds', '', 3600, 2, 86400),
+    mapPool4: str(root, 'mapPool4', '', '10.255.255.0/24'),
+    socketPath: str(root, 'socketPath', '', '/var/run/ntmobile.sock'),
+    nftTable: str(root, 'nftTable', '', 'ntmobile'),
+  };
+}
+
+function resolvePath(base: string, p: string): string {
+  return p.startsWith('/') ? p : `${base}/${p}`;
+}
+
+export function loadRouterConfig(path: string): RouterConfig {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (e) {
+    throw new RouterConfigError(`${path}: ${(e as Error).message}`);
+  }
+  const dir = path.includes('/') ? path.slice(0, path.lastIndexOf('/')) : '.';
+  return parseRouterConfig(text, dir);
+}

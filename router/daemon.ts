@@ -1,0 +1,439 @@
+// `ntmobile router`: the node daemon. Login at the AS (Kntmdc), registration of the router's
+// name and its published LAN hosts at the DC, keepalives (re-registering on its own when the DC
+// forgot it or restarted), name resolution through the DNS hook (Direction Request → Route
+// Direction → Tunnel Request), the userspace engine (TUN + ESP on one UDP port), the LAN's
+// translation to VIPs (nftables) and the local API. Everything it sets up it removes on stop.
+
+import { createSocket } from 'node:dgram';
+import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { isIP } from 'node:net';
+import { execFile } from 'node:child_process';
+import { ControlChannel, RequestTimeout, type Incoming, type RetransmitPolicy } from '../protocol/channel.js';
+import { KeyClass, Status, statusName, type WireEndpoint } from '../protocol/control.js';
+import { decodeSockaddr, encodeSockaddr, formatEndpoint } from '../protocol/endpoint.js';
+import { findDc, parentZones } from '../protocol/discovery.js';
+import { generateX25519, rawPrivate, x25519FromPrivate, type X25519Pair } from '../protocol/keys.js';
+import { addAddress, addRoute } from '../netlink/rtnetlink.js';
+import { TunDevice } from '../netlink/tun.js';
+import { UdpSocket } from '../netlink/udp.js';
+import { ApiServer } from './api.js';
+import { type RouterConfig } from './config.js';
+import { DnsHook } from './dns-hook.js';
+import { Engine } from './engine.js';
+import { LanTranslation } from './lan-nat.js';
+import { login, LoginError, type LoginResult } from './login.js';
+import { TunnelTable } from './tunnel-table.js';
+import { TunnelManager, type PeerInfo } from './tunnels.js';
+
+/** Retransmission for requests a DNS answer waits on: must fit inside the DNS hook's deadline. */
+const FAST: RetransmitPolicy = { initialMs: 250, maxMs: 1000, tries: 4 };
+const KEEPALIVE_RETRY: RetransmitPolicy = { initialMs: 1000, maxMs: 4000, tries: 3 };
+
+export interface Registered {
+  name: string;
+  vip4: string | null;
+  vip6: string | null;
+  observed: WireEndpoint | null;
+}
+
+export class DaemonCounters {
+  logins = 0;
+  loginFailures = 0;
+  registrations = 0;
+  registrationRefused = 0;
+  keepalives = 0;
+  keepaliveTimeouts = 0;
+  reRegistrations = 0;
+  directions = 0;
+  directionsFailed = 0;
+  routeDirections = 0;
+  ignoredMessages = 0;
+}
+
+export class RouterDaemon {
+  readonly counters = new DaemonCounters();
+  readonly table = new TunnelTable();
+  private state: 'starting' | 'login' | 'registering' | 'ready' | 'stopping' = 'starting';
+  private lastError: string | null = null;
+  private clockOffset = 0;
+  private session: LoginResult | null = null;
+  private dc: Buffer | null = null;
+  private dcAddress: string | null = null;
+  private readonly registered = new Map<string, Registered>();
+  private engine: Engine | null = null;
+  private socket: UdpSocket | null = null;
+  private device: TunDevice | null = null;
+  private readonly channel: ControlChannel;
+  private readonly tunnels: TunnelManager;
+  private readonly lan = new LanTranslation();
+  private dnsHook: DnsHook | null = null;
+  private readonly api: ApiServer;
+  private keepaliveTimer: NodeJS.Timeout | null = null;
+  private keepaliveSeconds = 20;
+  private readonly staticKey: X25519Pair;
+  private readonly routedVips = new Set<string>();
+  private stopped = false;
+
+  constructor(
+    readonly config: RouterConfig,
+    private readonly log: (line: string) => void = () => undefined,
+  ) {
+    this.staticKey = loadOrCreateKey(config.privateKeyFile);
+    const now = (): number => Date.now() + this.clockOffset;
+    this.channel = new ControlChannel({
+      send: (d, to) => this.socket?.sendOne(d, to),
+      keys: (cls, id) => this.keyFor(cls, id),
+      onMessage: (m) => this.dispatch(m),
+      now,
+      trace: (l) => this.log(l),
+    });
+    this.tunnels = new TunnelManager({
+      table: this.table,
+      channel: this.channel,
+      staticKey: this.staticKey,
+      nodeName: config.name,
+      suite: config.suite,
+      rekeyAfterSeconds: config.rekeyAfterSeconds,
+      onVips: (vips) => this.routeVips(vips),
+      now,
+      retransmit: FAST,
+      log: (l) => this.log(l),
+    });
+    this.api = new ApiServer(config.socketPath, {
+      status: async () => this.status(),
+      peers: async () => this.peers(),
+      ping: async (args) => this.ping(args),
+    });
+  }
+
+  get publicKey(): Buffer {
+    return this.staticKey.publicKey;
+  }
+
+  async start(): Promise<void> {
+    const c = this.config;
+    mkdirSync(dirname(c.socketPath), { recursive: true });
+    await this.api.start();
+    this.device = await TunDevice.open({ name: c.tun.name, mtu: c.tun.mtu, addresses: [] });
+    this.socket = UdpSocket.open({ bindAddress: c.listen.address, port: c.listen.port });
+    this.engine = new Engine(this.device, this.socket, this.table, { onControl: (msg, from) => this.channel.receive(msg, from) });
+    this.engine.start();
+    this.tunnels.start();
+    this.dnsHook = new DnsHook({
+      address: c.dns.address,
+      port: c.dns.port,
+      domains: c.dns.domains,
+      timeoutMs: c.dns.timeoutMs,
+      resolve: (name, signal) => this.resolveName(name, signal),
+      onError: (e) => this.log(`dns: ${(e as Error).message ?? String(e)}`),
+    });
+    await this.dnsHook.start();
+    this.log(`listening on UDP ${this.socket.port}, TUN ${this.device.name}, DNS ${c.dns.address}:${this.dnsHook.port}`);
+    await this.connect();
+  }
+
+  /** Login, DC discovery and registration, retried with backoff until it works or we stop. */
+  private async connect(): Promise<void> {
+    let wait = 1000;
+    while (!this.stopped) {
+      try {
+        await this.loginAndRegister();
+        this.state = 'ready';
+        this.lastError = null;
+        this.scheduleKeepalive();
+        this.log(`ready: ${[...this.registered.values()].map((r) => `${r.name} = ${r.vip4}, ${r.vip6}`).join('; ')}`);
+        return;
+      } catch (e) {
+        this.lastError = (e as Error).message;
+        this.log(`connect: ${this.lastError}; retrying in ${wait / 1000} s`);
+        await sleep(wait);
+        wait = Math.min(wait * 2, 30_000);
+      }
+    }
+  }
+
+  private async loginAndRegister(): Promise<void> {
+    const c = this.config;
+    if (this.session === null || this.session.expiresAt < Date.now() + this.clockOffset + 60_000) {
+      this.state = 'login';
+      try {
+        this.session = await login({ url: c.as.url, caFile: c.as.caFile, email: c.account.email, password: c.account.password });
+      } catch (e) {
+        this.counters.loginFailures++;
+        throw new Error(`login at ${c.as.url}: ${(e as Error).message}${e instanceof LoginError && e.status === 401 ? ' (check account.email and the password)' : ''}`);
+      }
+      this.counters.logins++;
+      this.clockOffset = this.session.clockOffsetMs;
+      if (!this.session.names.includes(c.name)) throw new Error(`the account is not bound to ${c.name} (it has ${this.session.names.join(', ')})`);
+    }
+    this.state = 'registering';
+    const zone = parentZones(c.name).find((z) => c.dc[z] !== undefined);
+    const address = zone !== undefined ? c.dc[zone]! : (await findDc(c.name, c.resolvers.length ? { resolvers: c.resolvers } : {})).address;
+    this.dcAddress = address;
+    this.dc = encodeSockaddr(address, c.dcPort);
+    await this.registerAll();
+  }
+
+  private dcKey(): { keyClass: number; keyId: number; key: Buffer } {
+    const s = this.session!;
+    return { keyClass: KeyClass.ntmdc, keyId: s.keyId, key: s.key };
+  }
+
+  private async registerAll(): Promise<void> {
+    const names = [this.config.name, ...this.config.publish.map((p) => p.name)];
+    const local = await this.localEndpoint();
+    for (const name of names) {
+      const answer = await this.channel.request('registrationRequest', { name, local, publicKey: this.staticKey.publicKey }, this.dcKey(), this.dc!);
+      if (answer.message.type !== 'registrationResponse') throw new Error(`registration of ${name}: answered with ${answer.message.type}`);
+      const r = answer.message.body;
+      if (r.status !== Status.ok) {
+        this.counters.registrationRefused++;
+        throw new Error(`registration of ${name} refused: ${statusName(r.status)}`);
+      }
+      this.counters.registrations++;
+      this.keepaliveSeconds = r.keepaliveSeconds || 20;
+      this.registered.set(name, { name, vip4: r.vip4, vip6: r.vip6, observed: r.observed });
+    }
+    const own = this.registered.get(this.config.name)!;
+    for (const [v, len] of [
+      [own.vip4, 32],
+      [own.vip6, 128],
+    ] as const) {
+      if (v !== null) await addAddress(this.config.tun.name, `${v}/${len}`).catch(ignoreExists);
+    }
+    await this.applyLan();
+  }
+
+  private async applyLan(): Promise<void> {
+    const own = this.registered.get(this.config.name);
+    if (own === undefined || this.config.lan.interfaces.length === 0) return;
+    await this.lan.apply({
+      table: this.config.nftTable,
+      tun: this.config.tun.name,
+      lanInterfaces: this.config.lan.interfaces,
+      ownVip4: own.vip4,
+      ownVip6: own.vip6,
+      published: this.config.publish.flatMap((p) => {
+        const r = this.registered.get(p.name);
+        if (r === undefined) return [];
+        return [
+          {
+            name: p.name,
+            ...(p.address4 !== null && r.vip4 !== null ? { lan4: p.address4, vip4: r.vip4 } : {}),
+            ...(p.address6 !== null && r.vip6 !== null ? { lan6: p.address6, vip6: r.vip6 } : {}),
+          },
+        ];
+      }),
+      mapped: [],
+    });
+  }
+
+  /** The address and port the DC should see if there were no NAT: our source address towards it. */
+  private localEndpoint(): Promise<WireEndpoint> {
+    return new Promise((resolve, reject) => {
+      const s = createSocket(isIP(this.dcAddress!) === 6 ? 'udp6' : 'udp4');
+      s.on('error', (e) => {
+        s.close();
+        reject(e);
+      });
+      s.connect(this.config.dcPort, this.dcAddress!, () => {
+        const a = s.address().address;
+        s.close();
+        resolve({ address: a, port: this.socket!.port });
+      });
+    });
+  }
+
+  private scheduleKeepalive(): void {
+    if (this.keepaliveTimer) clearTimeout(this.keepaliveTimer);
+    this.keepaliveTimer = setTimeout(() => void this.keepalive(), this.keepaliveSeconds * 1000);
+    this.keepaliveTimer.unref();
+  }
+
+  /** One keepalive; a DC that forgot us gets a new registration, one that is silent a reconnect. */
+  private async keepalive(): Promise<void> {
+    if (this.stopped) return;
+    this.engine?.sendKeepalives();
+    try {
+      const local = await this.localEndpoint();
+      const a = await this.channel.request('keepalive', { local }, this.dcKey(), this.dc!, KEEPALIVE_RETRY);
+      if (a.message.type === 'keepaliveAck' && a.message.body.status === Status.ok) {
+        this.counters.keepalives++;
+        this.scheduleKeepalive();
+        return;
+      }
+      this.log('keepalive: the DC does not know us: registering again');
+    } catch (e) {
+      this.counters.keepaliveTimeouts++;
+      this.log(`keepalive: ${(e as Error).message}: registering again`);
+    }
+    this.counters.reRegistrations++;
+    await this.connect();
+  }
+
+  // ---- control messages that are not answers -------------------------------------------------
+
+  private keyFor(keyClass: number, keyId: number): Buffer | undefined {
+    if (keyClass === KeyClass.ntmdc) return this.session?.keyId === keyId ? this.session.key : undefined;
+    if (keyClass === KeyClass.tun) return this.tunnels.ktun(keyId);
+    return undefined;
+  }
+
+  private dispatch(m: Incoming): void {
+    const { message } = m;
+    if (message.type === 'routeDirection' && m.key.keyClass === KeyClass.ntmdc) {
+      this.counters.routeDirections++;
+      this.channel.reply(m, 'ntmAck', { inReplyTo: m.envelope.messageId, status: Status.ok, reason: '' });
+      void this.tunnels.onRouteDirection(message.body, 10_000).catch((e: Error) => this.log(`route ${message.body.routeId}: ${e.message}`));
+      return;
+    }
+    if (message.type === 'tunnelRequest' && m.key.keyClass === KeyClass.tun) {
+      this.tunnels.onTunnelRequest(m, message.body);
+      return;
+    }
+    this.counters.ignoredMessages++;
+  }
+
+  // ---- name resolution (the DNS hook's control-plane call) -----------------------------------
+
+  async resolveName(name: string, signal?: AbortSignal): Promise<{ a: string[]; aaaa: string[] } | null> {
+    const own = this.registered.get(name);
+    if (own !== undefined) return addrs(own.vip4, own.vip6);
+    for (const p of this.tunnels.peers.values()) {
+      const n = p.names.get(name);
+      if (n !== undefined && p.route.expiresAt > Date.now() + this.clockOffset) return addrs(n.vip4, n.vip6);
+    }
+    if (this.state !== 'ready') throw new Error(`not registered yet (${this.state}${this.lastError ? `: ${this.lastError}` : ''})`);
+    this.counters.directions++;
+    let answer: Incoming;
+    try {
+      answer = await this.channel.request('directionRequest', { source: this.config.name, target: name }, this.dcKey(), this.dc!, FAST);
+    } catch (e) {
+      this.counters.directionsFailed++;
+      throw e instanceof RequestTimeout ? new Error(`direction for ${name}: the DC does not answer`) : e;
+    }
+    if (signal?.aborted) throw new Error(`direction for ${name}: abandoned`);
+    const msg = answer.message;
+    if (msg.type === 'ntmAck') {
+      this.counters.directionsFailed++;
+      if (msg.body.status === Status.unknownName) return null;
+      throw new Error(`direction for ${name}: ${statusName(msg.body.status)}: ${msg.body.reason}`);
+    }
+    if (msg.type !== 'routeDirection') throw new Error(`direction for ${name}: answered with ${msg.type}`);
+    this.counters.routeDirections++;
+    this.channel.reply(answer, 'ntmAck', { inReplyTo: answer.envelope.messageId, status: Status.ok, reason: '' });
+    const peer = await this.tunnels.onRouteDirection(msg.body, this.config.dns.timeoutMs);
+    const n = peer.names.get(name) ?? { vip4: msg.body.peerVip4, vip6: msg.body.peerVip6 };
+    return addrs(n.vip4, n.vip6);
+  }
+
+  /** Routes to a peer's VIPs through the TUN. */
+  private async routeVips(vips: string[]): Promise<void> {
+    for (const v of vips) {
+      if (this.routedVips.has(v)) continue;
+      await addRoute(`${v}/${isIP(v) === 4 ? 32 : 128}`, { dev: this.config.tun.name }).catch(ignoreExists);
+      this.routedVips.add(v);
+    }
+  }
+
+  // ---- the local API ---------------------------------------------------------------------------
+
+  status(): object {
+    return {
+      state: this.state,
+      error: this.lastError,
+      name: this.config.name,
+      publicKey: this.staticKey.publicKey.toString('base64'),
+      dc: this.dcAddress === null ? null : formatEndpoint(this.dcAddress, this.config.dcPort),
+      port: this.socket?.port ?? null,
+      registered: [...this.registered.values()],
+      keyExpiresAt: this.session?.expiresAt ?? null,
+      counters: { daemon: { ...this.counters }, channel: { ...this.channel.counters }, tunnels: { ...this.tunnels.counters }, engine: this.engine?.counters.snapshot() ?? null, dns: this.dnsHook ? { ...this.dnsHook.counters } : null },
+    };
+  }
+
+  peers(): object[] {
+    return [...this.tunnels.peers.values()].map((p) => peerView(p));
+  }
+
+  private async ping(args: Record<string, unknown>): Promise<object> {
+    const name = args.name;
+    const count = args.count ?? 3;
+    if (typeof name !== 'string' || name.length === 0) throw new Error('ping: "name" is required');
+    if (typeof count !== 'number' || !Number.isInteger(count) || count < 1 || count > 100) throw new Error('ping: "count" must be 1..100');
+    const t0 = Date.now();
+    const r = await this.resolveName(name.toLowerCase().replace(/\.$/, ''));
+    if (r === null) throw new Error(`${name}: no such NTMobile name`);
+    const setupMs = Date.now() - t0;
+    const own = this.registered.get(this.config.name)!;
+    const target = r.a[0] ?? r.aaaa[0]!;
+    const source = isIP(target) === 4 ? own.vip4 : own.vip6;
+    const out = await new Promise<string>((resolve) =>
+      execFile('ping', ['-n', '-c', String(count), '-i', '0.2', '-W', '2', ...(source ? ['-I', source] : []), target], { timeout: 10_000 + count * 2000 }, (_e, stdout) => resolve(String(stdout))),
+    );
+    const rtts = [...out.matchAll(/time=([\d.]+) ms/g)].map((m) => Number(m[1]));
+    return { name, vip: target, setupMs, sent: count, received: rtts.length, rttMs: rtts };
+  }
+
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    this.state = 'stopping';
+    if (this.keepaliveTimer) clearTimeout(this.keepaliveTimer);
+    this.tunnels.stop();
+    if (this.session !== null && this.dc !== null) {
+      for (const name of this.registered.keys()) this.channel.send('deregistration', { name }, this.dcKey(), this.dc);
+    }
+    this.channel.close();
+    await this.dnsHook?.stop();
+    await this.lan.remove().catch((e: Error) => this.log(`nftables: ${e.message}`));
+    this.engine?.stop();
+    await this.api.stop();
+  }
+}
+
+function peerView(p: PeerInfo): object {
+  const t = p.tunnel;
+  const path = t.endpoint ? formatEndpoint(decodeSockaddr(t.endpoint)) : null;
+  return {
+    node: p.route.peerNode,
+    names: Object.fromEntries(p.names),
+    path,
+    route: p.route.initiator ? 'direct (we initiated)' : 'direct (peer initiated)',
+    txBytes: t.stats.txBytes,
+    rxBytes: t.stats.rxBytes,
+    txPackets: t.stats.txPackets,
+    rxPackets: t.stats.rxPackets,
+    lastTx: t.stats.lastTx || null,
+    lastRx: t.stats.lastRx || null,
+    rekeys: p.rekeys,
+  };
+}
+
+function addrs(vip4: string | null, vip6: string | null): { a: string[]; aaaa: string[] } {
+  return { a: vip4 ? [vip4] : [], aaaa: vip6 ? [vip6] : [] };
+}
+
+function ignoreExists(e: Error): void {
+  if (!/EEXIST/.test(e.message)) throw e;
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms).unref());
+}
+
+/** The node's static X25519 key: raw 32 bytes, base64, in a 0600 file; made on first start. */
+export function loadOrCreateKey(path: string): X25519Pair {
+  if (existsSync(path)) {
+    const raw = Buffer.from(readFileSync(path, 'utf8').trim(), 'base64');
+    return x25519FromPrivate(raw);
+  }
+  const pair = generateX25519();
+  mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+  writeFileSync(path, `${rawPrivate(pair.privateKey).toString('base64')}\n`, { mode: 0o600 });
+  chmodSync(path, 0o600);
+  return pair;
+}
+
+

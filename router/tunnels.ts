@@ -1,0 +1,271 @@
+// Tunnel setup (seed 003 Tunnel Request / Response) and the life of each tunnel after it: the
+// route state a Route Direction brings (Ktun, Ktmp, the peer), Kmncn from X25519 (static and
+// ephemeral) mixed with Ktmp, the ESP SAs from HKDF, the entry in the tunnel table (the seed's
+// CIT), routes to the peer's VIPs through the TUN, and rekeying before the time or sequence
+// limit without losing packets (tunnel-table.ts `rekey`: old inbound SA kept, outbound switched
+// once the peer has the new keys).
+
+import { randomBytes } from 'node:crypto';
+import { isIP } from 'node:net';
+import { type ControlChannel, type Incoming, type RetransmitPolicy } from '../protocol/channel.js';
+import { KeyClass, Role, Status, statusName, type Body, type WireEndpoint } from '../protocol/control.js';
+import { decodeSockaddr, encodeSockaddr } from '../protocol/endpoint.js';
+import { InboundSa, OutboundSa, SPI_MIN, type EspSuite } from '../protocol/esp.js';
+import { ipv4ToNumber, ipv6ToBytes } from '../protocol/ip.js';
+import { confirmationMatches, deriveKmncn, deriveSaKeys, generateX25519, keyConfirmation, suiteFromCode, SUITE_CODES, x25519, type Transcript, type X25519Pair } from '../protocol/keys.js';
+import { Tunnel, type TunnelTable } from './tunnel-table.js';
+
+export interface Route {
+  routeId: number;
+  ktun: Buffer;
+  ktmp: Buffer;
+  expiresAt: number;
+  initiator: boolean;
+  localName: string;
+  peerNode: string;
+  peerName: string;
+  peerVip4: string | null;
+  peerVip6: string | null;
+  peerVips4: string[];
+  peerVips6: string[];
+  peerEndpoint: WireEndpoint | null;
+  peerPublicKey: Buffer;
+}
+
+export interface PeerInfo {
+  tunnel: Tunnel;
+  route: Route;
+  /** Names of the peer resolved through this tunnel, with their VIPs. */
+  names: Map<string, { vip4: string | null; vip6: string | null }>;
+  keyedAt: number;
+  rekeys: number;
+}
+
+export class TunnelSetupError extends Error {
+  override readonly name = 'TunnelSetupError';
+}
+
+export interface TunnelManagerOptions {
+  table: TunnelTable;
+  channel: ControlChannel;
+  staticKey: X25519Pair;
+  nodeName: string;
+  suite: EspSuite;
+  rekeyAfterSeconds: number;
+  /** Adds the routes for a new peer VIP through the TUN (and any LAN translation for it). */
+  onVips: (vips: string[]) => Promise<void>;
+  now: () => number;
+  retransmit?: RetransmitPolicy;
+  log: (line: string) => void;
+}
+
+export class TunnelCounters {
+  established = 0;
+  rekeys = 0;
+  requestsRefused = 0;
+  confirmFailed = 0;
+}
+
+export class TunnelManager {
+  readonly counters = new TunnelCounters();
+  readonly routes = new Map<number, Route>();
+  readonly peers = new Map<string, PeerInfo>();
+  private readonly waiting = new Map<number, { resolve: (p: PeerInfo) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }>();
+  private readonly initiating = new Map<string, Promise<PeerInfo>>();
+  private rekeyTimer: NodeJS.Timeout | null = null;
+
+  constructor(private readonly o: TunnelManagerOptions) {}
+
+  start(): void {
+    this.rekeyTimer = setInterval(() => this.checkRekey(), 1000);
+    this.rekeyTimer.unref();
+  }
+
+  stop(): void {
+    if (this.rekeyTimer) clearInterval(this.rekeyTimer);
+    for (const w of this.waiting.values()) {
+      clearTimeout(w.timer);
+      w.reject(new TunnelSetupError('stopping'));
+    }
+    this.waiting.clear();
+  }
+
+  /** The Ktun of a live route (the channel's key lookup for key class Ktun). */
+  ktun(routeId: number): Buffer | undefined {
+    const r = this.routes.get(routeId);
+    return r !== undefined && r.expiresAt > this.o.now() ? r.ktun : undefined;
+  }
+
+  /** A Route Direction for us: keep the route, then initiate or wait for the peer's request. */
+  async onRouteDirection(b: Body<'routeDirection'>, timeoutMs: number): Promise<PeerInfo> {
+    const route: Route = {
+      routeId: b.routeId,
+      ktun: b.ktun,
+      ktmp: b.ktmp,
+      expiresAt: b.expiresAt,
+      initiator: b.role === Role.initiator,
+      localName: b.localName,
+      peerNode: b.peerNode,
+      peerName: b.peerName,
+      peerVip4: b.peerVip4,
+      peerVip6: b.peerVip6,
+      peerVips4: b.peerVips4,
+      peerVips6: b.peerVips6,
+      peerEndpoint: b.peerEndpoint,
+      peerPublicKey: b.peerPublicKey,
+    };
+    this.routes.set(route.routeId, route);
+    this.o.log(`route ${route.routeId}: ${route.initiator ? 'initiator' : 'responder'} towards ${route.peerName} (${route.peerNode}) at ${fmt(route.peerEndpoint)}`);
+    if (route.initiator) return this.initiate(route);
+    const existing = this.peers.get(route.peerNode);
+    if (existing?.route.routeId === route.routeId) return existing;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.waiting.delete(route.routeId);
+        reject(new TunnelSetupError(`route ${route.routeId}: no Tunnel Request from ${route.peerNode} within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.waiting.set(route.routeId, { resolve, reject, timer });
+    });
+  }
+
+  /** Initiator: Tunnel Request under Ktun to the directed endpoint, Response proves Kmncn. */
+  initiate(route: Route): Promise<PeerInfo> {
+    const key = `${route.routeId}`;
+    let p = this.initiating.get(key);
+    if (p === undefined) {
+      p = this.runInitiate(route).finally(() => this.initiating.delete(key));
+      this.initiating.set(key, p);
+    }
+    return p;
+  }
+
+  private async runInitiate(route: Route): Promise<PeerInfo> {
+    if (route.peerEndpoint === null) throw new TunnelSetupError(`route ${route.routeId}: no endpoint for ${route.peerNode}`);
+    const eph = generateX25519();
+    const spi = this.freshSpi();
+    const nonce = randomBytes(32);
+    const to = encodeSockaddr(route.peerEndpoint.address, route.peerEndpoint.port);
+    const answer = await this.o.channel.request(
+      'tunnelRequest',
+      { routeId: route.routeId, node: this.o.nodeName, suite: SUITE_CODES[this.o.suite], spi, ephemeral: eph.publicKey, nonce },
+      { keyClass: KeyClass.tun, keyId: route.routeId, key: route.ktun },
+      to,
+      this.o.retransmit,
+    );
+    if (answer.message.type !== 'tunnelResponse') throw new TunnelSetupError(`route ${route.routeId}: answered with ${answer.message.type}`);
+    const r = answer.message.body;
+    if (r.status !== Status.ok) throw new TunnelSetupError(`route ${route.routeId}: ${route.peerNode} refused: ${statusName(r.status)}`);
+    const t: Transcript = { routeId: route.routeId, initiatorSpi: spi, responderSpi: r.spi, initiatorEphemeral: eph.publicKey, responderEphemeral: r.ephemeral, initiatorNonce: nonce, responderNonce: r.nonce };
+    const kmncn = deriveKmncn(route.ktmp, x25519(this.o.staticKey.privateKey, route.peerPublicKey), x25519(eph.privateKey, r.ephemeral), t);
+    if (!confirmationMatches(kmncn, t, r.confirm)) {
+      this.counters.confirmFailed++;
+      throw new TunnelSetupError(`route ${route.routeId}: ${route.peerNode}'s key confirmation does not match`);
+    }
+    const keys = deriveSaKeys(kmncn, this.o.suite);
+    const inbound = new InboundSa({ spi, suite: this.o.suite, ...keys.r2i });
+    const outbound = new OutboundSa({ spi: r.spi, suite: this.o.suite, ...keys.i2r });
+    return this.install(route, inbound, outbound, answer.from, true);
+  }
+
+  /** Responder: a Tunnel Request (already authenticated with the route's Ktun by the channel). */
+  onTunnelRequest(m: Incoming, b: Body<'tunnelRequest'>): void {
+    const route = this.routes.get(m.key.keyId);
+    const refuse = (status: number, why: string): void => {
+      this.counters.requestsRefused++;
+      this.o.log(`tunnel request on route ${m.key.keyId} refused: ${why}`);
+      this.o.channel.reply(m, 'tunnelResponse', { inReplyTo: m.envelope.messageId, status, routeId: b.routeId, spi: 0, ephemeral: Buffer.alloc(32), nonce: Buffer.alloc(32), confirm: Buffer.alloc(32) });
+    };
+    if (route === undefined || route.routeId !== b.routeId) return refuse(Status.badRequest, 'route ID does not match the key');
+    if (b.node !== route.peerNode) return refuse(Status.notAuthorized, `sender ${b.node} is not the directed peer ${route.peerNode}`);
+    const suite = suiteFromCode(b.suite);
+    if (suite === null) return refuse(Status.badRequest, `suite ${b.suite} unknown`);
+    const eph = generateX25519();
+    const spi = this.freshSpi();
+    const nonce = randomBytes(32);
+    const t: Transcript = { routeId: route.routeId, initiatorSpi: b.spi, responderSpi: spi, initiatorEphemeral: b.ephemeral, responderEphemeral: eph.publicKey, initiatorNonce: b.nonce, responderNonce: nonce };
+    let kmncn: Buffer;
+    try {
+      kmncn = deriveKmncn(route.ktmp, x25519(this.o.staticKey.privateKey, route.peerPublicKey), x25519(eph.privateKey, b.ephemeral), t);
+    } catch (e) {
+      return refuse(Status.badRequest, (e as Error).message);
+    }
+    const keys = deriveSaKeys(kmncn, suite);
+    const inbound = new InboundSa({ spi, suite, ...keys.i2r });
+    const outbound = new OutboundSa({ spi: b.spi, suite, ...keys.r2i });
+    // Answer first (the channel remembers the answer for duplicates), then install: the
+    // initiator only sends data after it has the answer.
+    this.o.channel.reply(m, 'tunnelResponse', { inReplyTo: m.envelope.messageId, status: Status.ok, routeId: route.routeId, spi, ephemeral: eph.publicKey, nonce, confirm: keyConfirmation(kmncn, t) });
+    void this.install(route, inbound, outbound, m.from, false).then(
+      (p) => {
+        const w = this.waiting.get(route.routeId);
+        if (w) {
+          clearTimeout(w.timer);
+          this.waiting.delete(route.routeId);
+          w.resolve(p);
+        }
+      },
+      (e: Error) => this.o.log(`route ${route.routeId}: install failed: ${e.message}`),
+    );
+  }
+
+  private async install(route: Route, inbound: InboundSa, outbound: OutboundSa, from: Buffer, initiator: boolean): Promise<PeerInfo> {
+    const { table } = this.o;
+    let peer = this.peers.get(route.peerNode);
+    const vips = [...route.peerVips4, ...route.peerVips6];
+    if (peer === undefined) {
+      const tunnel = new Tunnel(route.peerNode, null, null, outbound, inbound, Buffer.from(from), 20);
+      table.add(tunnel);
+      peer = { tunnel, route, names: new Map(), keyedAt: this.o.now(), rekeys: 0 };
+      this.peers.set(route.peerNode, peer);
+      this.counters.established++;
+      this.o.log(`tunnel to ${route.peerNode} up (${initiator ? 'we initiated' : 'peer initiated'}), endpoint ${fmtSockaddr(from)}`);
+    } else {
+      table.rekey(peer.tunnel, inbound, outbound, initiator);
+      peer.tunnel.endpoint = Buffer.from(from);
+      peer.route = route;
+      peer.keyedAt = this.o.now();
+      peer.rekeys++;
+      this.counters.rekeys++;
+      const t = peer.tunnel;
+      setTimeout(() => {
+        if (t.previousInbound !== null && t.inbound === inbound) table.retirePrevious(t);
+      }, 30_000).unref();
+      this.o.log(`tunnel to ${route.peerNode} rekeyed (route ${route.routeId})`);
+    }
+    for (const v of route.peerVips4) if (!table.addVip4(peer.tunnel, ipv4ToNumber(v))) this.o.log(`VIP ${v} of ${route.peerNode} is already another tunnel's`);
+    for (const v of route.peerVips6) if (!table.addVip6(peer.tunnel, ipv6ToBytes(v))) this.o.log(`VIP ${v} of ${route.peerNode} is already another tunnel's`);
+    peer.names.set(route.peerName, { vip4: route.peerVip4, vip6: route.peerVip6 });
+    await this.o.onVips(vips.filter((v) => isIP(v)));
+    return peer;
+  }
+
+  private freshSpi(): number {
+    for (;;) {
+      const spi = randomBytes(4).readUInt32BE(0);
+      if (spi >= SPI_MIN && this.o.table.spiFree(spi)) return spi;
+    }
+  }
+
+  /** The initiator of each tunnel rekeys it before its time or sequence limit. */
+  private checkRekey(): void {
+    const now = this.o.now();
+    for (const peer of this.peers.values()) {
+      if (!peer.route.initiator || this.initiating.has(`${peer.route.routeId}`)) continue;
+      const old = now - peer.keyedAt > this.o.rekeyAfterSeconds * 1000;
+      const worn = peer.tunnel.outbound.needsRekey;
+      if ((old || worn) && peer.route.expiresAt > now) {
+        void this.initiate(peer.route).catch((e: Error) => this.o.log(`rekey of ${peer.route.peerNode}: ${e.message}`));
+      }
+    }
+  }
+}
+
+function fmt(e: WireEndpoint | null): string {
+  if (e === null) return '(to be learned)';
+  return isIP(e.address) === 6 ? `[${e.address}]:${e.port}` : `${e.address}:${e.port}`;
+}
+
+function fmtSockaddr(s: Buffer): string {
+  const e = decodeSockaddr(s);
+  return fmt(e);
+}
