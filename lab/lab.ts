@@ -20,6 +20,7 @@ export type { NatType } from './nat.js';
 
 export const REGISTRY_DIR = process.env.NTM_LAB_REGISTRY ?? '/run/ntm-lab';
 export const NS_PREFIX = 'ntm-';
+const NETNS_ETC = '/etc/netns';
 const ID_RE = /^[0-9a-f]{6}$/;
 /**
  * The environment of programs run in lab hosts: ours, less NODE_OPTIONS, so that a test runner's
@@ -247,6 +248,8 @@ function removeNamespaceSync(ns: string): string | undefined {
       }
     }
   }
+  // per-namespace files that `ip netns exec` binds over /etc (resolv.conf of a LAN host)
+  fs.rmSync(path.join(NETNS_ETC, ns), { recursive: true, force: true });
   const r = runSync('ip', ['netns', 'del', ns]);
   if (r.code !== 0 && !/No such file|not found/i.test(r.stderr)) return `${ns}: ${r.stderr.trim()}`;
   return undefined;
@@ -336,6 +339,16 @@ export class Host {
    */
   spawn(cmd: string, args: string[] = [], opts: SpawnOpts = {}): ChildProcess {
     return this.lab.spawnIn(this, cmd, args, opts);
+  }
+
+  /**
+   * The host's DNS servers: `ip netns exec` binds /etc/netns/<ns>/resolv.conf over /etc/resolv.conf,
+   * so every program run in the host (curl, getaddrinfo) asks these; removed with the namespace.
+   */
+  setResolvers(servers: string[]): void {
+    const dir = path.join(NETNS_ETC, this.ns);
+    fs.mkdirSync(dir, { recursive: true });
+    fs.writeFileSync(path.join(dir, 'resolv.conf'), `${servers.map((s) => `nameserver ${s}`).join('\n')}\noptions timeout:3 attempts:1\n`);
   }
 
   /** Apply a sysctl inside the host (e.g. 'net.ipv4.ip_forward', '1'). */

@@ -1,0 +1,265 @@
+// The control-plane scenario (issue: AS, two DCs, two routers with LANs): on the testbed's
+// Internet an AS, DC1 for fleet1.test, DC2 for fleet2.test and a resolver (dnsmasq forwarding
+// each zone to its DC, as the public DNS delegation would); router A (ra.fleet1.test) with LAN
+// host a1, router B (rb.fleet2.test) with LAN hosts b1 (not published) and b2 (published as
+// b2.rb.fleet2.test); each LAN's DNS is dnsmasq on its router, forwarding the NTMobile zones to
+// the router daemon's DNS hook. Every part is the real program, in its own namespace.
+
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { generateX25519, rawPrivate } from '../protocol/keys.js';
+import { AccountStore } from '../servers/as/store.js';
+import { apiCall } from '../router/api.js';
+import { startDnsmasq } from './dnsmasq.js';
+import { type Host, type Lab } from './lab.js';
+import { createPki } from './pki.js';
+import { startProgram, type Program } from './program.js';
+import { internetWithNats, type Site } from './topology.js';
+
+const DIST = fileURLToPath(new URL('..', import.meta.url));
+export const ROUTER_CLI = path.join(DIST, 'router/cli.js');
+const DC_CLI = path.join(DIST, 'servers/dc/cli.js');
+const AS_CLI = path.join(DIST, 'servers/as/cli.js');
+
+/** Where the two routers sit (ARCHITECTURE §3 route cases). */
+export type FleetCase = 'no-nat' | 'a-nat' | 'b-nat' | 'same-nat';
+export const FLEET_CASES: FleetCase[] = ['no-nat', 'a-nat', 'b-nat', 'same-nat'];
+
+export const NAMES = {
+  zoneA: 'fleet1.test',
+  zoneB: 'fleet2.test',
+  ra: 'ra.fleet1.test',
+  rb: 'rb.fleet2.test',
+  b2: 'b2.rb.fleet2.test',
+};
+
+export const LAN = {
+  ra: '192.168.1.1',
+  a1: '192.168.1.10',
+  rb: '192.168.2.1',
+  b1: '192.168.2.11',
+  b2: '192.168.2.20',
+};
+
+export interface FleetRouter {
+  host: Host;
+  name: string;
+  program: Program;
+  configPath: string;
+  socket: string;
+  /** Ask the daemon's API (status, peers, ping). */
+  api(cmd: string, args?: Record<string, unknown>): Promise<unknown>;
+}
+
+export interface Fleet {
+  dir: string;
+  as: { host: Host; program: Program; address: string; storePath: string };
+  dc1: { host: Host; program: Program; address: string; configPath: string; statusPath: string };
+  dc2: { host: Host; program: Program; address: string; configPath: string; statusPath: string };
+  resolver: string;
+  ra: FleetRouter;
+  rb: FleetRouter;
+  a1: Host;
+  b1: Host;
+  b2: Host;
+  /** Restart a DC from its config and state (a DC restart). */
+  restartDc(which: 'dc1' | 'dc2'): Promise<void>;
+  /** The DC's status file (registrations, counters). */
+  dcStatus(which: 'dc1' | 'dc2'): Promise<DcStatus>;
+  /** Remove the temporary files (the lab removes namespaces and processes). */
+  dispose(): void;
+}
+
+export interface DcStatus {
+  zone: string;
+  registrations: { name: string; vip4: string; vip6: string; observed: { address: string; port: number } }[];
+  counters: Record<string, number>;
+  channel: Record<string, number>;
+}
+
+export interface FleetOptions {
+  case: FleetCase;
+  verbose?: boolean;
+  rekeyAfterSeconds?: number;
+  suite?: 'aes-gcm' | 'chacha20-poly1305';
+  progress?: (line: string) => void;
+}
+
+export async function buildFleet(lab: Lab, o: FleetOptions): Promise<Fleet> {
+  const say = o.progress ?? (() => undefined);
+  const dir = mkdtempSync(path.join(os.tmpdir(), `ntm-fleet-${lab.id}-`));
+  lab.setInfo({ fleetDir: dir });
+  const natA = o.case === 'a-nat' || o.case === 'same-nat' ? 'eim' : 'none';
+  const natB = o.case === 'b-nat' ? 'eim' : 'none';
+  say(`testbed: Internet, router A ${natA === 'none' ? 'with a global address' : 'behind a NAT'}, router B ${o.case === 'same-nat' ? 'behind the same NAT as A' : natB === 'none' ? 'with a global address' : 'behind a NAT'}`);
+  const net = await internetWithNats(lab, { aNat: natA, bNat: natB });
+
+  const as = await net.addInternetHost('as');
+  const dc1 = await net.addInternetHost('dc1');
+  const dc2 = await net.addInternetHost('dc2');
+  const res = await net.addInternetHost('resolver');
+
+  // Operator PKI: AS and DCs authenticate each other with certificates from one CA.
+  const pki = createPki(path.join(dir, 'pki'));
+  const asCert = pki.issue('as', { role: 'as', ips: [as.addr], dns: ['as.test'] });
+  const dc1Cert = pki.issue('dc1', { role: 'dc', ips: [dc1.addr], dns: [NAMES.zoneA, `dc.${NAMES.zoneA}`] });
+  const dc2Cert = pki.issue('dc2', { role: 'dc', ips: [dc2.addr], dns: [NAMES.zoneB, `dc.${NAMES.zoneB}`] });
+
+  say('resolver: dnsmasq on the Internet delegating fleet1.test and fleet2.test to their DCs');
+  await startDnsmasq(res.host, {
+    listen: [res.addr],
+    forward: [
+      { domain: NAMES.zoneA, server: dc1.addr },
+      { domain: NAMES.zoneB, server: dc2.addr },
+    ],
+  });
+
+  // The routers' static X25519 keys, bound to their accounts at the AS by the operator.
+  const keyA = generateX25519();
+  const keyB = generateX25519();
+  for (const [n, k] of [
+    ['ra', keyA],
+    ['rb', keyB],
+  ] as const) {
+    writeFileSync(path.join(dir, `${n}.key`), `${rawPrivate(k.privateKey).toString('base64')}\n`, { mode: 0o600 });
+  }
+  const storePath = path.join(dir, 'accounts.json');
+  const store = AccountStore.open(storePath, { create: true, scryptN: 2 ** 14 });
+  await store.addAccount('ra@fleet1.test', 'router-a-secret');
+  store.bindNames('ra@fleet1.test', [NAMES.ra]);
+  store.setPublicKey('ra@fleet1.test', keyA.publicKey.toString('base64url'));
+  await store.addAccount('rb@fleet2.test', 'router-b-secret');
+  store.bindNames('rb@fleet2.test', [NAMES.rb, NAMES.b2]);
+  store.setPublicKey('rb@fleet2.test', keyB.publicKey.toString('base64url'));
+
+  say('servers: AS (HTTPS login), DC1 (fleet1.test), DC2 (fleet2.test)');
+  const dcConfig = (zone: string, addr: string, cert: { certFile: string; keyFile: string; caFile: string }, pool4: string, pool6: string): string => {
+    const p = path.join(dir, `dc-${zone}.json`);
+    writeFileSync(
+      p,
+      JSON.stringify({
+        zone,
+        nsName: `dc.${zone}`,
+        publicAddress: addr,
+        listen: { address: '::', port: 4500 },
+        tls: { port: 4501, ca: cert.caFile, cert: cert.certFile, key: cert.keyFile },
+        dns: { address: addr, port: 53 },
+        pool: { ipv4: pool4, ipv6: pool6 },
+        state: path.join(dir, `dc-${zone}-state.json`),
+        keepaliveSeconds: 5,
+        resolvers: [res.addr],
+      }),
+    );
+    return p;
+  };
+  const dc1Config = dcConfig(NAMES.zoneA, dc1.addr, dc1Cert, '10.77.0.0/16', 'fd4e:544d:1::/64');
+  const dc2Config = dcConfig(NAMES.zoneB, dc2.addr, dc2Cert, '10.78.0.0/16', 'fd4e:544d:2::/64');
+  const startDc = (host: Host, config: string, tag: string): Promise<Program> =>
+    startProgram(lab, host, DC_CLI, ['serve', '--config', config, '--status', path.join(dir, `${tag}-status.json`), ...(o.verbose !== false ? ['--verbose'] : [])], { tag });
+  const dcs = {
+    dc1: { host: dc1.host, program: await startDc(dc1.host, dc1Config, 'dc1'), address: dc1.addr, configPath: dc1Config, statusPath: path.join(dir, 'dc1-status.json') },
+    dc2: { host: dc2.host, program: await startDc(dc2.host, dc2Config, 'dc2'), address: dc2.addr, configPath: dc2Config, statusPath: path.join(dir, 'dc2-status.json') },
+  };
+  const asConfig = path.join(dir, 'as.json');
+  writeFileSync(
+    asConfig,
+    JSON.stringify({
+      listen: { host: '::', port: 8443 },
+      cert: asCert.certFile,
+      key: asCert.keyFile,
+      store: storePath,
+      keyDistribution: { ca: asCert.caFile, cert: asCert.certFile, key: asCert.keyFile, resolver: res.addr },
+    }),
+  );
+  const asProgram = await startProgram(lab, as.host, AS_CLI, ['serve', '--config', asConfig], { tag: 'as' });
+
+  // Router hosts: uplink in their site, a LAN segment with dnsmasq on the router.
+  const siteA = net.sites['a']!;
+  const siteB = o.case === 'same-nat' ? siteA : net.sites['b']!;
+  const makeRouter = async (tag: 'ra' | 'rb', site: Site, lanAddr: string, lanHosts: [string, string][]): Promise<{ host: Host; hosts: Record<string, Host> }> => {
+    const host = await lab.host(tag, { forwarding: true });
+    const a = site.allocate();
+    await lab.attach(host, site.segment, { name: 'eth0', addr: a.addr, gateway: a.gateway });
+    const seg = await lab.segment(`lan-${tag}`);
+    await lab.attach(host, seg, { name: 'lan0', addr: `${lanAddr}/24` });
+    const hosts: Record<string, Host> = {};
+    for (const [name, addr] of lanHosts) {
+      const h = await lab.host(name);
+      await lab.attach(h, seg, { name: 'eth0', addr: `${addr}/24`, gateway: lanAddr });
+      h.setResolvers([lanAddr]);
+      hosts[name] = h;
+    }
+    await startDnsmasq(host, {
+      listen: [lanAddr],
+      forward: [
+        { domain: NAMES.zoneA, server: '127.0.0.1#5353' },
+        { domain: NAMES.zoneB, server: '127.0.0.1#5353' },
+      ],
+    });
+    return { host, hosts };
+  };
+  const A = await makeRouter('ra', siteA, LAN.ra, [['a1', LAN.a1]]);
+  const B = await makeRouter('rb', siteB, LAN.rb, [
+    ['b1', LAN.b1],
+    ['b2', LAN.b2],
+  ]);
+
+  const startRouter = async (tag: 'ra' | 'rb', host: Host, name: string, email: string, password: string, publish: object[]): Promise<FleetRouter> => {
+    const configPath = path.join(dir, `${tag}.json`);
+    const socket = path.join(dir, `${tag}.sock`);
+    writeFileSync(path.join(dir, `${tag}.password`), `${password}\n`, { mode: 0o600 });
+    writeFileSync(
+      configPath,
+      JSON.stringify({
+        name,
+        account: { email, passwordFile: `${tag}.password` },
+        as: { url: `https://${as.addr}:8443`, ca: asCert.caFile },
+        privateKeyFile: `${tag}.key`,
+        listen: { address: '::', port: 4500 },
+        tun: { name: 'ntm0', mtu: 1400 },
+        lan: { interfaces: ['lan0'] },
+        publish,
+        dns: { address: '127.0.0.1', port: 5353, domains: [NAMES.zoneA, NAMES.zoneB] },
+        resolvers: [res.addr],
+        suite: o.suite ?? 'aes-gcm',
+        ...(o.rekeyAfterSeconds ? { rekeyAfterSeconds: o.rekeyAfterSeconds } : {}),
+        socketPath: socket,
+        nftTable: 'ntmobile',
+      }),
+      { mode: 0o600 },
+    );
+    const program = await startProgram(lab, host, ROUTER_CLI, ['router', '--config', configPath, ...(o.verbose !== false ? ['--verbose'] : [])], { tag: 'ntmobile', timeoutMs: 30_000 });
+    return { host, name, program, configPath, socket, api: (cmd, args = {}) => apiCall(socket, cmd, args) };
+  };
+  say('routers: login at the AS, registration at their DCs');
+  const ra = await startRouter('ra', A.host, NAMES.ra, 'ra@fleet1.test', 'router-a-secret', []);
+  const rb = await startRouter('rb', B.host, NAMES.rb, 'rb@fleet2.test', 'router-b-secret', [{ name: NAMES.b2, address: LAN.b2 }]);
+
+  const fleet: Fleet = {
+    dir,
+    as: { host: as.host, program: asProgram, address: as.addr, storePath },
+    dc1: dcs.dc1,
+    dc2: dcs.dc2,
+    resolver: res.addr,
+    ra,
+    rb,
+    a1: A.hosts['a1']!,
+    b1: B.hosts['b1']!,
+    b2: B.hosts['b2']!,
+    async restartDc(which) {
+      const d = fleet[which];
+      await d.program.stop();
+      d.program = await startDc(d.host, d.configPath, which);
+    },
+    async dcStatus(which) {
+      const { readFileSync } = await import('node:fs');
+      return JSON.parse(readFileSync(fleet[which].statusPath, 'utf8')) as DcStatus;
+    },
+    dispose() {
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+  return fleet;
+}
