@@ -64,8 +64,12 @@ export interface Fleet {
   a1: Host;
   b1: Host;
   b2: Host;
+  /** Another host on the testbed's Internet (an attacker, a general server). */
+  addInternetHost(name: string): Promise<{ host: Host; addr: string }>;
+  /** Router A's and B's uplink addresses. */
+  uplinks: { ra: string; rb: string };
   /** Restart a DC from its config and state (a DC restart). */
-  restartDc(which: 'dc1' | 'dc2'): Promise<void>;
+  restartDc(which: 'dc1' | 'dc2', downMs?: number): Promise<void>;
   /** The DC's status file (registrations, counters). */
   dcStatus(which: 'dc1' | 'dc2'): Promise<DcStatus>;
   /** Remove the temporary files (the lab removes namespaces and processes). */
@@ -178,7 +182,7 @@ export async function buildFleet(lab: Lab, o: FleetOptions): Promise<Fleet> {
   // Router hosts: uplink in their site, a LAN segment with dnsmasq on the router.
   const siteA = net.sites['a']!;
   const siteB = o.case === 'same-nat' ? siteA : net.sites['b']!;
-  const makeRouter = async (tag: 'ra' | 'rb', site: Site, lanAddr: string, lanHosts: [string, string][]): Promise<{ host: Host; hosts: Record<string, Host> }> => {
+  const makeRouter = async (tag: 'ra' | 'rb', site: Site, lanAddr: string, lanHosts: [string, string][]): Promise<{ host: Host; hosts: Record<string, Host>; uplink: string }> => {
     const host = await lab.host(tag, { forwarding: true });
     const a = site.allocate();
     await lab.attach(host, site.segment, { name: 'eth0', addr: a.addr, gateway: a.gateway });
@@ -198,7 +202,7 @@ export async function buildFleet(lab: Lab, o: FleetOptions): Promise<Fleet> {
         { domain: NAMES.zoneB, server: '127.0.0.1#5353' },
       ],
     });
-    return { host, hosts };
+    return { host, hosts, uplink: a.address };
   };
   const A = await makeRouter('ra', siteA, LAN.ra, [['a1', LAN.a1]]);
   const B = await makeRouter('rb', siteB, LAN.rb, [
@@ -248,9 +252,12 @@ export async function buildFleet(lab: Lab, o: FleetOptions): Promise<Fleet> {
     a1: A.hosts['a1']!,
     b1: B.hosts['b1']!,
     b2: B.hosts['b2']!,
-    async restartDc(which) {
+    addInternetHost: (name) => net.addInternetHost(name),
+    uplinks: { ra: A.uplink, rb: B.uplink },
+    async restartDc(which, downMs = 0) {
       const d = fleet[which];
       await d.program.stop();
+      if (downMs > 0) await new Promise((r) => setTimeout(r, downMs));
       d.program = await startDc(d.host, d.configPath, which);
     },
     async dcStatus(which) {

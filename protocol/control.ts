@@ -13,6 +13,7 @@
 
 import { createCipheriv, createDecipheriv } from 'node:crypto';
 import { isIP } from 'node:net';
+import { ipv6ToBytes as ipv6Bytes } from './ip.js';
 
 export const CONTROL_VERSION = 1;
 export const HEADER_SIZE = 24;
@@ -347,17 +348,6 @@ class Reader {
 
 function ipv4Bytes(a: string): Buffer {
   return Buffer.from(a.split('.').map(Number));
-}
-
-function ipv6Bytes(a: string): Buffer {
-  const [head, tail] = a.includes('::') ? a.split('::') : [a, undefined];
-  const h = head ? head.split(':') : [];
-  const t = tail ? tail.split(':') : [];
-  let groups = h;
-  if (tail !== undefined) groups = [...h, ...Array<string>(8 - h.length - t.length).fill('0'), ...t];
-  const out = Buffer.alloc(16);
-  groups.forEach((g, i) => out.writeUInt16BE(parseInt(g, 16), i * 2));
-  return out;
 }
 
 function formatIpv6(b: Buffer): string {

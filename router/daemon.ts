@@ -348,6 +348,7 @@ export class RouterDaemon {
       dc: this.dcAddress === null ? null : formatEndpoint(this.dcAddress, this.config.dcPort),
       port: this.socket?.port ?? null,
       registered: [...this.registered.values()],
+      keyId: this.session?.keyId ?? null,
       keyExpiresAt: this.session?.expiresAt ?? null,
       counters: { daemon: { ...this.counters }, channel: { ...this.channel.counters }, tunnels: { ...this.tunnels.counters }, engine: this.engine?.counters.snapshot() ?? null, dns: this.dnsHook ? { ...this.dnsHook.counters } : null },
     };

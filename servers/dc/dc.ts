@@ -5,7 +5,7 @@
 // acknowledged by an NTM ACK. Key Distribution from the AS arrives over mutual TLS.
 
 import { createServer as createTlsServer, type Server as TlsServer, type TLSSocket } from 'node:tls';
-import { ControlChannel, type Incoming, type RetransmitPolicy } from '../../protocol/channel.js';
+import { ControlChannel, RequestTimeout, type Incoming, type RetransmitPolicy } from '../../protocol/channel.js';
 import { KeyClass, Role, Status, statusName, ZERO_KEY, type Body, type WireEndpoint } from '../../protocol/control.js';
 import { decodeSockaddr, encodeSockaddr } from '../../protocol/endpoint.js';
 import { DC_CONTROL_PORT, DC_TLS_PORT, type DiscoveryOptions } from '../../protocol/discovery.js';
@@ -42,6 +42,9 @@ export interface DcConfig {
   retransmit?: RetransmitPolicy;
   verbose?: boolean;
 }
+
+/** DC ↔ DC requests: a short first try, so that a peer that lost Kdcdc is re-contacted quickly. */
+const PEER_RETRANSMIT: RetransmitPolicy = { initialMs: 250, maxMs: 500, tries: 3 };
 
 export const DC_DEFAULTS = {
   keepaliveSeconds: 20,
@@ -344,9 +347,21 @@ export class DirectionCoordinator {
       if (this.inZone(b.target)) cn = this.nodeView(b.target);
       else {
         const loc = await this.peers.locate(b.target);
-        const peer = await this.peers.forZone(loc.zone, loc.nsName, loc.address);
-        cnDc = { keyId: peer.keyId, key: peer.key, to: encodeSockaddr(loc.address, this.config.peerControlPort) };
-        const answer = await this.channel.request('nodeInformationRequest', { target: b.target, requester: b.source }, { keyClass: KeyClass.dcdc, ...cnDc }, cnDc.to, this.config.retransmit);
+        const ask = async (): Promise<Incoming> => {
+          const peer = await this.peers.forZone(loc.zone, loc.nsName, loc.address);
+          cnDc = { keyId: peer.keyId, key: peer.key, to: encodeSockaddr(loc.address, this.config.peerControlPort) };
+          return this.channel.request('nodeInformationRequest', { target: b.target, requester: b.source }, { keyClass: KeyClass.dcdc, ...cnDc }, cnDc.to, this.config.retransmit ?? PEER_RETRANSMIT);
+        };
+        let answer: Incoming;
+        try {
+          answer = await ask();
+        } catch (e) {
+          // A peer DC that restarted has forgotten Kdcdc and drops what we send under it: make
+          // first contact again and ask once more.
+          if (!(e instanceof RequestTimeout)) throw e;
+          this.peers.forget(loc.zone);
+          answer = await ask();
+        }
         cn = answer.message.type === 'nodeInformationResponse' && answer.message.body.status === Status.ok ? answer.message.body : null;
       }
     } catch (e) {

@@ -59,6 +59,14 @@ export class PeerDcs {
     return p;
   }
 
+  /** Drops the key for a zone (its DC stopped answering under it, e.g. after a restart). */
+  forget(zone: string): void {
+    const k = this.byDomain.get(zone);
+    if (k === undefined) return;
+    for (const d of k.domains) this.byDomain.delete(d);
+    this.byId.delete(k.keyId);
+  }
+
   async locate(name: string): Promise<{ zone: string; nsName: string; address: string }> {
     return findDc(name, this.discovery);
   }
