@@ -43,8 +43,14 @@ function rawPublic(k: KeyObject): Buffer {
 export function x25519(privateKey: KeyObject, peerPublic: Buffer): Buffer {
   if (peerPublic.length !== X25519_KEY_SIZE) throw new KeyError(`X25519 public key: ${peerPublic.length} bytes, want ${X25519_KEY_SIZE}`);
   const publicKey = createPublicKey({ key: Buffer.concat([SPKI_PREFIX, peerPublic]), format: 'der', type: 'spki' });
-  const shared = diffieHellman({ privateKey, publicKey });
-  // An all-zero result means a low-order peer key (RFC 7748 §6.1): refuse it.
+  // An all-zero result means a low-order peer key (RFC 7748 §6.1): refuse it. OpenSSL 3 already
+  // fails the derivation itself in that case, with a generic error that we turn into a KeyError.
+  let shared: Buffer;
+  try {
+    shared = diffieHellman({ privateKey, publicKey });
+  } catch (e) {
+    throw new KeyError(`X25519: peer public key has low order (${(e as Error).message})`);
+  }
   if (shared.every((b) => b === 0)) throw new KeyError('X25519: peer public key has low order');
   return shared;
 }

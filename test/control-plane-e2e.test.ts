@@ -27,6 +27,14 @@ async function serveFile(fleet: Fleet, lab: Lab): Promise<string> {
   return createHash('sha256').update(data).digest('hex');
 }
 
+/** How DC1 (DCmn) must direct each case, and where router A must find router B. */
+const EXPECT: Record<string, { route: RegExp; path: (f: Fleet) => string }> = {
+  'no-nat': { route: /: no-nat, mn initiates/, path: (f) => f.uplinks.rb },
+  'a-nat': { route: /: mn-behind-nat, mn initiates/, path: (f) => f.uplinks.rb },
+  'b-nat': { route: /: cn-behind-nat, cn initiates/, path: () => '198.18.2.2' },
+  'same-nat': { route: /: same-nat, mn initiates/, path: (f) => f.uplinks.rb },
+};
+
 const only = process.env.NTM_CASE;
 for (const c of FLEET_CASES.filter((x) => !only || x === only)) {
   t.test(`a1 fetches 20 MB from b2 by name (${c})`, async (t) => {
@@ -44,6 +52,23 @@ for (const c of FLEET_CASES.filter((x) => !only || x === only)) {
         const log = readFileSync(path.join(lab.logDir, 'b2-http.log'), 'utf8');
         t.match(log, /^10\.77\.\d+\.\d+ - - .*"GET \/f HTTP/m, 'b2 saw the request from a VIP of fleet1.test (router A), not from a1');
         t.notMatch(log, new RegExp(LAN.a1.replace(/\./g, '\\.')), 'b2 never saw a1\'s LAN address');
+
+        const dcLog = fleet.dc1.program.log();
+        t.match(dcLog, EXPECT[c]!.route, `DC1 directed the route as ${c} (${/route \d+ [^\n]*/.exec(dcLog)?.[0]})`);
+        const peers = (await fleet.ra.api('peers')) as { node: string; path: string; rxBytes: number }[];
+        const rb = peers.find((p) => p.node === NAMES.rb);
+        t.equal(rb?.path.split(':')[0], EXPECT[c]!.path(fleet), `router A reaches router B at ${rb?.path}`);
+        t.ok(rb !== undefined && rb.rxBytes >= SIZE, 'router A counted the 20 MB in its peer list');
+
+        // b1 is not published: no name, no address from A's side, and router B's own VIP is not b1.
+        fleet.b1.spawn('python3', ['-m', 'http.server', '--bind', LAN.b1, '8080'], { log: 'http' });
+        const byName = await fleet.a1.exec('curl', ['-sS', '--max-time', '5', `http://b1.rb.fleet2.test:8080/`], { allowFail: true });
+        t.equal(byName.code, 6, `b1 has no NTMobile name (curl: ${byName.stderr.trim()})`);
+        const byLan = await fleet.a1.exec('curl', ['-sS', '--max-time', '3', `http://${LAN.b1}:8080/`], { allowFail: true });
+        t.not(byLan.code, 0, "b1's LAN address is not reachable from A's LAN");
+        const byRouterVip = await fleet.a1.exec('curl', ['-sS', '--max-time', '3', `http://${NAMES.rb}:8080/`], { allowFail: true });
+        t.not(byRouterVip.code, 0, "router B's own VIP does not lead to b1");
+        t.notMatch(readFileSync(path.join(lab.logDir, 'b1-http.log'), 'utf8'), /GET/, 'b1 saw no request');
       },
       { label: `cp-${c}` },
     );
