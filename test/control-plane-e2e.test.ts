@@ -74,3 +74,21 @@ for (const c of FLEET_CASES.filter((x) => !only || x === only)) {
     );
   });
 }
+
+t.test('rekeying every 3 s loses no packet', async (t) => {
+  await Lab.withLab(
+    async (lab) => {
+      const fleet = await buildFleet(lab, { case: 'a-nat', rekeyAfterSeconds: 3, suite: 'chacha20-poly1305' });
+      t.teardown(() => fleet.dispose());
+      // 1000 pings at 100/s, a1 → b2 by name: about three rekeys of the tunnel during the run.
+      const r = await fleet.a1.exec('ping', ['-n', '-q', '-i', '0.01', '-c', '1000', '-W', '2', NAMES.b2], { allowFail: true, timeoutMs: 60_000 });
+      const m = /(\d+) packets transmitted, (\d+) received/.exec(r.stdout);
+      t.ok(m, `ping summary: ${r.stdout.trim().split('\n').pop()}`);
+      t.equal(Number(m?.[2]), Number(m?.[1]), `every echo answered (${m?.[2]}/${m?.[1]})`);
+      const peers = (await fleet.ra.api('peers')) as { node: string; rekeys: number }[];
+      const rekeys = peers.find((p) => p.node === NAMES.rb)?.rekeys ?? 0;
+      t.ok(rekeys >= 2, `the tunnel was rekeyed during the run (${rekeys} times)`);
+    },
+    { label: 'cp-rekey' },
+  );
+});
