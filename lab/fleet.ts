@@ -68,6 +68,8 @@ export interface Fleet {
   addInternetHost(name: string): Promise<{ host: Host; addr: string }>;
   /** Router A's and B's uplink addresses. */
   uplinks: { ra: string; rb: string };
+  /** Restart a router daemon (a cold start: new login, registration, no tunnels, empty DNS cache). */
+  restartRouter(which: 'ra' | 'rb'): Promise<void>;
   /** Restart a DC from its config and state (a DC restart). */
   restartDc(which: 'dc1' | 'dc2', downMs?: number): Promise<void>;
   /** The DC's status file (registrations, counters). */
@@ -210,6 +212,7 @@ export async function buildFleet(lab: Lab, o: FleetOptions): Promise<Fleet> {
     ['b2', LAN.b2],
   ]);
 
+  const routerStarts = new Map<FleetRouter, () => Promise<Program>>();
   const startRouter = async (tag: 'ra' | 'rb', host: Host, name: string, email: string, password: string, publish: object[]): Promise<FleetRouter> => {
     const configPath = path.join(dir, `${tag}.json`);
     const socket = path.join(dir, `${tag}.sock`);
@@ -235,7 +238,9 @@ export async function buildFleet(lab: Lab, o: FleetOptions): Promise<Fleet> {
       { mode: 0o600 },
     );
     const program = await startProgram(lab, host, ROUTER_CLI, ['router', '--config', configPath, ...(o.verbose !== false ? ['--verbose'] : [])], { tag: 'ntmobile', timeoutMs: 30_000 });
-    return { host, name, program, configPath, socket, api: (cmd, args = {}) => apiCall(socket, cmd, args) };
+    const router: FleetRouter = { host, name, program, configPath, socket, api: (cmd, args = {}) => apiCall(socket, cmd, args) };
+    routerStarts.set(router, () => startProgram(lab, host, ROUTER_CLI, ['router', '--config', configPath, ...(o.verbose !== false ? ['--verbose'] : [])], { tag: 'ntmobile', timeoutMs: 30_000 }));
+    return router;
   };
   say('routers: login at the AS, registration at their DCs');
   const ra = await startRouter('ra', A.host, NAMES.ra, 'ra@fleet1.test', 'router-a-secret', []);
@@ -254,6 +259,11 @@ export async function buildFleet(lab: Lab, o: FleetOptions): Promise<Fleet> {
     b2: B.hosts['b2']!,
     addInternetHost: (name) => net.addInternetHost(name),
     uplinks: { ra: A.uplink, rb: B.uplink },
+    async restartRouter(which) {
+      const r = fleet[which];
+      await r.program.stop();
+      r.program = await routerStarts.get(r)!();
+    },
     async restartDc(which, downMs = 0) {
       const d = fleet[which];
       await d.program.stop();

@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
-# The README's main command: set-up, then the namespace demo with a readable report.
+# The README's main command: set-up, then the namespace demos with readable reports:
+#   1. the control plane: AS, two DCs, two routers with LANs; a LAN host reaches another by name;
+#   2. the data path: a session between two nodes survives a move to another carrier's NAT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
-exec node dist/lab/demo.js "$@"
+status=0
+node dist/lab/demo-fleet.js || status=1
+node dist/lab/demo.js "$@" || status=1
+exit $status
