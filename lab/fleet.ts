@@ -91,6 +91,8 @@ export interface FleetOptions {
   rekeyAfterSeconds?: number;
   suite?: 'aes-gcm' | 'chacha20-poly1305';
   progress?: (line: string) => void;
+  /** DC2's IPv4 VIP pool (default 10.78.0.0/16); one inside router A's LAN tests VIP mapping. */
+  dc2Pool4?: string;
 }
 
 export async function buildFleet(lab: Lab, o: FleetOptions): Promise<Fleet> {
@@ -161,7 +163,7 @@ export async function buildFleet(lab: Lab, o: FleetOptions): Promise<Fleet> {
     return p;
   };
   const dc1Config = dcConfig(NAMES.zoneA, dc1.addr, dc1Cert, '10.77.0.0/16', 'fd4e:544d:1::/64');
-  const dc2Config = dcConfig(NAMES.zoneB, dc2.addr, dc2Cert, '10.78.0.0/16', 'fd4e:544d:2::/64');
+  const dc2Config = dcConfig(NAMES.zoneB, dc2.addr, dc2Cert, o.dc2Pool4 ?? '10.78.0.0/16', 'fd4e:544d:2::/64');
   const startDc = (host: Host, config: string, tag: string): Promise<Program> =>
     startProgram(lab, host, DC_CLI, ['serve', '--config', config, '--status', path.join(dir, `${tag}-status.json`), ...(o.verbose !== false ? ['--verbose'] : [])], { tag });
   const dcs = {

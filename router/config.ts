@@ -140,7 +140,7 @@ export function parseRouterConfig(text: string, baseDir = '.'): RouterConfig {
     dc: dc as Record<string, string>,
     dcPort: int(root, 'dcPort', '', 4500, 1, 65535),
     suite,
-    rekeyAfterSeconds: int(root, 'rekeyAfterSeconds', '', 3600, 2, 86400),
+    rekeyAfterSeconds: int(root, 'rekeyAfterSeconds', '', 1800, 2, 86400),
     mapPool4: str(root, 'mapPool4', '', '10.255.255.0/24'),
     socketPath: str(root, 'socketPath', '', '/var/run/ntmobile.sock'),
     nftTable: str(root, 'nftTable', '', 'ntmobile'),

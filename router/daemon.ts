@@ -14,7 +14,7 @@ import { KeyClass, Status, statusName, type WireEndpoint } from '../protocol/con
 import { decodeSockaddr, encodeSockaddr, formatEndpoint } from '../protocol/endpoint.js';
 import { findDc, parentZones } from '../protocol/discovery.js';
 import { generateX25519, rawPrivate, x25519FromPrivate, type X25519Pair } from '../protocol/keys.js';
-import { addAddress, addRoute } from '../netlink/rtnetlink.js';
+import { addAddress, addRoute, listAddresses } from '../netlink/rtnetlink.js';
 import { TunDevice } from '../netlink/tun.js';
 import { UdpSocket } from '../netlink/udp.js';
 import { ApiServer } from './api.js';
@@ -73,6 +73,9 @@ export class RouterDaemon {
   private keepaliveSeconds = 20;
   private readonly staticKey: X25519Pair;
   private readonly routedVips = new Set<string>();
+  /** Peer VIPs that collide with a local network → the free local address the LAN sees instead (ARCHITECTURE §2.5). */
+  private readonly mapped = new Map<string, string>();
+  private readonly mapPool: AddressPool;
   private stopped = false;
 
   constructor(
@@ -80,6 +83,7 @@ export class RouterDaemon {
     private readonly log: (line: string) => void = () => undefined,
   ) {
     this.staticKey = loadOrCreateKey(config.privateKeyFile);
+    this.mapPool = new AddressPool(config.mapPool4);
     const now = (): number => Date.now() + this.clockOffset;
     this.channel = new ControlChannel({
       send: (d, to) => this.socket?.sendOne(d, to),
@@ -97,6 +101,9 @@ export class RouterDaemon {
       rekeyAfterSeconds: config.rekeyAfterSeconds,
       onVips: (vips) => this.routeVips(vips),
       now,
+      renew: async (peerName) => {
+        await this.direct(peerName);
+      },
       retransmit: FAST,
       log: (l) => this.log(l),
     });
@@ -225,7 +232,7 @@ export class RouterDaemon {
           },
         ];
       }),
-      mapped: [],
+      mapped: [...this.mapped].map(([real, local]) => ({ real, local })),
     });
   }
 
@@ -302,8 +309,14 @@ export class RouterDaemon {
     if (own !== undefined) return addrs(own.vip4, own.vip6);
     for (const p of this.tunnels.peers.values()) {
       const n = p.names.get(name);
-      if (n !== undefined && p.route.expiresAt > Date.now() + this.clockOffset) return addrs(n.vip4, n.vip6);
+      if (n !== undefined && p.route.expiresAt > Date.now() + this.clockOffset) return addrs(this.shown(n.vip4), n.vip6);
     }
+    const r = await this.direct(name, signal);
+    return r === null ? null : addrs(this.shown(r.vip4), r.vip6);
+  }
+
+  /** Direction Request → Route Direction → tunnel ready; the target's VIPs, or null if unknown. */
+  private async direct(name: string, signal?: AbortSignal): Promise<{ vip4: string | null; vip6: string | null } | null> {
     if (this.state !== 'ready') throw new Error(`not registered yet (${this.state}${this.lastError ? `: ${this.lastError}` : ''})`);
     this.counters.directions++;
     let answer: Incoming;
@@ -324,17 +337,35 @@ export class RouterDaemon {
     this.counters.routeDirections++;
     this.channel.reply(answer, 'ntmAck', { inReplyTo: answer.envelope.messageId, status: Status.ok, reason: '' });
     const peer = await this.tunnels.onRouteDirection(msg.body, this.config.dns.timeoutMs);
-    const n = peer.names.get(name) ?? { vip4: msg.body.peerVip4, vip6: msg.body.peerVip6 };
-    return addrs(n.vip4, n.vip6);
+    return peer.names.get(name) ?? { vip4: msg.body.peerVip4, vip6: msg.body.peerVip6 };
   }
 
-  /** Routes to a peer's VIPs through the TUN. */
+  /**
+   * Routes to a peer's VIPs through the TUN. A peer VIP inside one of our own networks (another
+   * DC's pool may overlap our LAN) is shown to the LAN as a free local address instead; nftables
+   * translates between the two (router/lan-nat.ts `mapped`).
+   */
   private async routeVips(vips: string[]): Promise<void> {
-    for (const v of vips) {
-      if (this.routedVips.has(v)) continue;
+    const fresh = vips.filter((v) => !this.routedVips.has(v));
+    if (fresh.length === 0) return;
+    const local = (await listAddresses()).filter((a) => a.family === 4 && a.dev !== this.config.tun.name);
+    let remapped = false;
+    for (const v of fresh) {
+      if (isIP(v) === 4 && !this.mapped.has(v) && local.some((a) => inPrefix(v, a.address, a.prefixLen))) {
+        const m = this.mapPool.take();
+        this.mapped.set(v, m);
+        remapped = true;
+        this.log(`peer VIP ${v} collides with a local network: the LAN sees it as ${m}`);
+      }
       await addRoute(`${v}/${isIP(v) === 4 ? 32 : 128}`, { dev: this.config.tun.name }).catch(ignoreExists);
       this.routedVips.add(v);
     }
+    if (remapped) await this.applyLan();
+  }
+
+  /** A peer address as the LAN sees it. */
+  private shown(vip: string | null): string | null {
+    return vip === null ? null : (this.mapped.get(vip) ?? vip);
   }
 
   // ---- the local API ---------------------------------------------------------------------------
@@ -355,7 +386,7 @@ export class RouterDaemon {
   }
 
   peers(): object[] {
-    return [...this.tunnels.peers.values()].map((p) => peerView(p));
+    return [...this.tunnels.peers.values()].map((p) => ({ ...peerView(p), mapped: [...p.tunnel.vips4].map(numberToIpv4).filter((v) => this.mapped.has(v)).map((v) => ({ vip: v, shownAs: this.mapped.get(v) })) }));
   }
 
   private async ping(args: Record<string, unknown>): Promise<object> {
@@ -410,6 +441,38 @@ function peerView(p: PeerInfo): object {
     lastRx: t.stats.lastRx || null,
     rekeys: p.rekeys,
   };
+}
+
+function numberToIpv4(n: number): string {
+  return `${n >>> 24}.${(n >>> 16) & 255}.${(n >>> 8) & 255}.${n & 255}`;
+}
+
+function ipv4Number(a: string): number {
+  return a.split('.').reduce((n, x) => ((n << 8) | Number(x)) >>> 0, 0);
+}
+
+function inPrefix(address: string, network: string, len: number): boolean {
+  if (len === 0) return true;
+  const mask = len >= 32 ? 0xffffffff : (~0 << (32 - len)) >>> 0;
+  return ((ipv4Number(address) & mask) >>> 0) === ((ipv4Number(network) & mask) >>> 0);
+}
+
+/** Free local IPv4 addresses for mapped peer VIPs, from the configured prefix. */
+class AddressPool {
+  private next = 1;
+  private readonly base: number;
+  private readonly size: number;
+  constructor(cidr: string) {
+    const [net, len] = cidr.split('/');
+    const bits = Number(len);
+    if (net === undefined || isIP(net) !== 4 || !Number.isInteger(bits) || bits < 8 || bits > 30) throw new Error(`mapPool4: "${cidr}" is not an IPv4 prefix of /8../30`);
+    this.base = ipv4Number(net);
+    this.size = 2 ** (32 - bits);
+  }
+  take(): string {
+    if (this.next >= this.size - 1) throw new Error(`mapPool4: all ${this.size - 2} addresses in use`);
+    return numberToIpv4((this.base + this.next++) >>> 0);
+  }
 }
 
 function addrs(vip4: string | null, vip6: string | null): { a: string[]; aaaa: string[] } {

@@ -55,6 +55,8 @@ export interface TunnelManagerOptions {
   /** Adds the routes for a new peer VIP through the TUN (and any LAN translation for it). */
   onVips: (vips: string[]) => Promise<void>;
   now: () => number;
+  /** Asks the DCs for a new route to a peer whose route expired (the rekey then runs on it). */
+  renew: (peerName: string) => Promise<void>;
   retransmit?: RetransmitPolicy;
   log: (line: string) => void;
 }
@@ -73,6 +75,7 @@ export class TunnelManager {
   private readonly waiting = new Map<number, { resolve: (p: PeerInfo) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }>();
   private readonly initiating = new Map<string, Promise<PeerInfo>>();
   private rekeyTimer: NodeJS.Timeout | null = null;
+  private readonly renewing = new Set<string>();
 
   constructor(private readonly o: TunnelManagerOptions) {}
 
@@ -246,16 +249,26 @@ export class TunnelManager {
     }
   }
 
-  /** The initiator of each tunnel rekeys it before its time or sequence limit. */
+  /**
+   * The initiator of each tunnel rekeys it before its time or sequence limit: on the same route
+   * while it lives, else through a new direction (whose Tunnel Request rekeys the tunnel).
+   */
   private checkRekey(): void {
     const now = this.o.now();
     for (const peer of this.peers.values()) {
-      if (!peer.route.initiator || this.initiating.has(`${peer.route.routeId}`)) continue;
+      const key = `${peer.route.routeId}`;
+      if (!peer.route.initiator || this.initiating.has(key) || this.renewing.has(peer.route.peerNode)) continue;
       const old = now - peer.keyedAt > this.o.rekeyAfterSeconds * 1000;
-      const worn = peer.tunnel.outbound.needsRekey;
-      if ((old || worn) && peer.route.expiresAt > now) {
+      if (!old && !peer.tunnel.outbound.needsRekey) continue;
+      if (peer.route.expiresAt > now + 10_000) {
         void this.initiate(peer.route).catch((e: Error) => this.o.log(`rekey of ${peer.route.peerNode}: ${e.message}`));
+        continue;
       }
+      this.renewing.add(peer.route.peerNode);
+      void this.o
+        .renew(peer.route.peerName)
+        .catch((e: Error) => this.o.log(`rekey of ${peer.route.peerNode}: new direction failed: ${e.message}`))
+        .finally(() => this.renewing.delete(peer.route.peerNode));
     }
   }
 }

@@ -92,3 +92,24 @@ t.test('rekeying every 3 s loses no packet', async (t) => {
     { label: 'cp-rekey' },
   );
 });
+
+t.test("a peer VIP inside router A's LAN is shown to the LAN as a free local address", async (t) => {
+  await Lab.withLab(
+    async (lab) => {
+      // DC2 hands out VIPs from 192.168.1.64/26, inside router A's LAN 192.168.1.0/24.
+      const fleet = await buildFleet(lab, { case: 'no-nat', dc2Pool4: '192.168.1.64/26' });
+      t.teardown(() => fleet.dispose());
+      const want = await serveFile(fleet, lab);
+      const out = path.join(fleet.dir, 'got');
+      const r = await fleet.a1.exec('curl', ['-sS', '--max-time', '60', '-o', out, '-w', '%{http_code} %{remote_ip}', `http://${NAMES.b2}:8080/f`], { allowFail: true, timeoutMs: 90_000 });
+      const [code, remote] = r.stdout.split(' ');
+      t.equal(code, '200', `HTTP 200 (${r.stderr.trim()})`);
+      t.match(remote ?? '', /^10\.255\.255\.\d+$/, `a1 reached b2 at the mapped address ${remote}`);
+      t.equal(createHash('sha256').update(readFileSync(out)).digest('hex'), want, 'SHA-256 of the 20 MB matches');
+      const peers = (await fleet.ra.api('peers')) as { node: string; mapped: { vip: string; shownAs: string }[] }[];
+      const m = peers.find((p) => p.node === NAMES.rb)?.mapped ?? [];
+      t.ok(m.some((x) => x.shownAs === remote && x.vip.startsWith('192.168.1.')), `router A maps ${JSON.stringify(m)}`);
+    },
+    { label: 'cp-mapped' },
+  );
+});

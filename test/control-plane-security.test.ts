@@ -96,6 +96,22 @@ t.test('control plane refuses forged, replayed and foreign messages; survives DC
       const raReg = (await fleet.dcStatus('dc1')).registrations.find((r) => r.name === NAMES.ra);
       t.same(raReg?.observed, dcBefore.registrations.find((r) => r.name === NAMES.ra)?.observed, "router A's registration is unchanged");
 
+      // DNS hook: an unknown name is NXDOMAIN at once; with the DC away, SERVFAIL within its deadline.
+      const resolveTime = async (name: string): Promise<{ ms: number; err: string }> => {
+        const py = `import socket,time\nt=time.time()\ntry:\n  socket.getaddrinfo('${name}',80)\n  e='ok'\nexcept socket.gaierror as x:\n  e=str(x)\nprint(int((time.time()-t)*1000), e)`;
+        const r = await fleet.a1.exec('python3', ['-c', py], { timeoutMs: 30_000 });
+        const [ms, ...rest] = r.stdout.trim().split(' ');
+        return { ms: Number(ms), err: rest.join(' ') };
+      };
+      const unknown = await resolveTime('nobody.fleet2.test');
+      t.match(unknown.err, /not known|No address/i, `unknown name: ${unknown.err}`);
+      t.ok(unknown.ms < 1000, `answered in ${unknown.ms} ms`);
+      await fleet.dc1.program.stop();
+      const silent = await resolveTime('rb.fleet2.test');
+      t.match(silent.err, /failure|again/i, `DC away: ${silent.err}`);
+      t.ok(silent.ms < 4500, `SERVFAIL within the DNS hook's 3 s deadline (+ dnsmasq): ${silent.ms} ms`);
+      await fleet.restartDc('dc1');
+
       // DC restart: registrations survive; a new direction across both DCs works (Kdcdc renewed).
       const regsBefore = (await fleet.dcStatus('dc2')).registrations.map((r) => `${r.name}=${r.vip4}`).sort();
       await fleet.restartDc('dc2');
