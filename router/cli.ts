@@ -119,6 +119,7 @@ async function router(argv: string[]): Promise<void> {
   };
   process.on('SIGINT', stop);
   process.on('SIGTERM', stop);
+  process.on('SIGUSR1', () => process.stderr.write(`${JSON.stringify(daemon.status())}\n`));
   await daemon.start();
   process.stdout.write(`ready ${config.name} port ${config.listen.port}\n`);
 }

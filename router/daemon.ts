@@ -143,6 +143,7 @@ export class RouterDaemon {
   /** Login, DC discovery and registration, retried with backoff until it works or we stop. */
   private async connect(): Promise<void> {
     let wait = 1000;
+    let failures = 0;
     while (!this.stopped) {
       try {
         await this.loginAndRegister();
@@ -153,6 +154,9 @@ export class RouterDaemon {
         return;
       } catch (e) {
         this.lastError = (e as Error).message;
+        // A DC that lost our key drops everything under it silently: after two failed rounds,
+        // log in again so that the AS hands the DC a fresh Kntmdc.
+        if (++failures % 2 === 0) this.session = null;
         this.log(`connect: ${this.lastError}; retrying in ${wait / 1000} s`);
         await sleep(wait);
         wait = Math.min(wait * 2, 30_000);
@@ -168,7 +172,7 @@ export class RouterDaemon {
         this.session = await login({ url: c.as.url, caFile: c.as.caFile, email: c.account.email, password: c.account.password });
       } catch (e) {
         this.counters.loginFailures++;
-        throw new Error(`login at ${c.as.url}: ${(e as Error).message}${e instanceof LoginError && e.status === 401 ? ' (check account.email and the password)' : ''}`);
+        throw new Error(`${(e as Error).message}${e instanceof LoginError && e.status === 401 ? ' (check account.email and the password)' : ''}`);
       }
       this.counters.logins++;
       this.clockOffset = this.session.clockOffsetMs;
@@ -375,7 +379,7 @@ export class RouterDaemon {
       state: this.state,
       error: this.lastError,
       name: this.config.name,
-      publicKey: this.staticKey.publicKey.toString('base64'),
+      publicKey: this.staticKey.publicKey.toString('base64url'),
       dc: this.dcAddress === null ? null : formatEndpoint(this.dcAddress, this.config.dcPort),
       port: this.socket?.port ?? null,
       registered: [...this.registered.values()],

@@ -39,7 +39,7 @@ Config of serve (JSON):
                 "sourceRequests": 20, "sourceWindowSeconds": 60, "maxTracked": 50000 },
     "keyDistribution": { "ca": "/etc/ntmobile/ca.crt", "cert": "/etc/ntmobile/as.crt",
                          "key": "/etc/ntmobile/as.key", "resolver": "192.0.2.53",
-                         "dc": { "example.net": "dc.example.net:4500" } }
+                         "dc": { "example.net": "dc.example.net:4501" } }
   }
   keyLifetimeSeconds, limits, keyDistribution.resolver and keyDistribution.dc are optional.
 
