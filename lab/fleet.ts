@@ -5,7 +5,7 @@
 // b2.rb.fleet2.test); each LAN's DNS is dnsmasq on its router, forwarding the NTMobile zones to
 // the router daemon's DNS hook. Every part is the real program, in its own namespace.
 
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -273,7 +273,6 @@ export async function buildFleet(lab: Lab, o: FleetOptions): Promise<Fleet> {
       d.program = await startDc(d.host, d.configPath, which);
     },
     async dcStatus(which) {
-      const { readFileSync } = await import('node:fs');
       return JSON.parse(readFileSync(fleet[which].statusPath, 'utf8')) as DcStatus;
     },
     dispose() {

@@ -3,13 +3,13 @@
 // counters. Shared by the demo, the end-to-end tests and the benchmarks.
 
 import { randomBytes } from 'node:crypto';
-import { once } from 'node:events';
 import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { type ChildProcess } from 'node:child_process';
 import { type EspSuite } from '../protocol/esp.js';
 import { type Host, type Lab } from './lab.js';
+import { startProgram } from './program.js';
 
 export const CLI_PATH = fileURLToPath(new URL('../router/cli.js', import.meta.url));
 
@@ -92,34 +92,13 @@ export async function startNode(lab: Lab, host: Host, config: StaticNodeConfig, 
   const configPath = path.join(lab.logDir, `${host.name}-${tag}.json`);
   const statsPath = path.join(lab.logDir, `${host.name}-${tag}-stats.json`);
   writeFileSync(configPath, JSON.stringify(config, null, 2), { mode: 0o600 });
-  const child = lab.spawnIn(host, process.execPath, [CLI_PATH, 'tunnel', '--config', configPath, '--stats', statsPath, '--verbose'], { log: 'pipe' });
-  let output = '';
-  child.stderr!.on('data', (d: Buffer) => (output += d.toString()));
-  const ready = new Promise<void>((resolve, reject) => {
-    let out = '';
-    child.stdout!.on('data', (d: Buffer) => {
-      out += d.toString();
-      if (out.includes('ready ')) resolve();
-    });
-    child.once('exit', (code) => reject(new Error(`ntmobile in ${host.name} exited with ${code} before it was ready:\n${output}`)));
-  });
-  const timeout = setTimeout(() => child.kill('SIGKILL'), 15_000);
-  try {
-    await ready;
-  } finally {
-    clearTimeout(timeout);
-  }
+  const program = await startProgram(lab, host, CLI_PATH, ['tunnel', '--config', configPath, '--stats', statsPath, '--verbose'], { tag, timeoutMs: 15_000 });
   return {
     host,
-    process: child,
+    process: program.process,
     configPath,
     statsPath,
     stats: () => JSON.parse(readFileSync(statsPath, 'utf8')),
-    stop: async () => {
-      if (child.exitCode !== null || child.signalCode !== null) return;
-      const exited = once(child, 'exit');
-      child.kill('SIGTERM');
-      await exited;
-    },
+    stop: () => program.stop(),
   };
 }

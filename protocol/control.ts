@@ -1,6 +1,6 @@
 // NTMobile control messages (ARCHITECTURE §3, seed 003): the catalogue, the byte layout of every
-// body, and the AEAD envelope. One schema per message drives the encoder, the typed decoder and
-// docs/protocol.md, so the three cannot disagree.
+// body, and the AEAD envelope. One schema per message drives both the encoder and the typed
+// decoder, so the two cannot disagree; docs/protocol.md tables the same schemas by hand.
 //
 // Envelope (after the 4-byte non-ESP marker of protocol/demux.ts):
 //   0  version (1)   1  type (1)   2  key class (1)   3  flags (0)
@@ -13,7 +13,7 @@
 
 import { createCipheriv, createDecipheriv } from 'node:crypto';
 import { isIP } from 'node:net';
-import { ipv6ToBytes as ipv6Bytes } from './ip.js';
+import { ipv4ToNumber, ipv6BytesToText, ipv6ToBytes, numberToIpv4 } from './ip.js';
 
 export const CONTROL_VERSION = 1;
 export const HEADER_SIZE = 24;
@@ -50,7 +50,7 @@ export function statusName(code: number): string {
   return `status ${code}`;
 }
 
-/** Field kinds: the wire form of each is in FIELD_LAYOUT (and docs/protocol.md). */
+/** Field kinds: writeField/readField give the wire form of each (tabled in docs/protocol.md). */
 type FieldKind = 'u8' | 'u16' | 'u32' | 'id' | 'time' | 'key' | 'name' | 'names' | 'text' | 'endpoint' | 'vip4' | 'vip6' | 'vip4s' | 'vip6s';
 
 export interface WireEndpoint {
@@ -346,31 +346,7 @@ class Reader {
   }
 }
 
-function ipv4Bytes(a: string): Buffer {
-  return Buffer.from(a.split('.').map(Number));
-}
 
-function formatIpv6(b: Buffer): string {
-  const groups: string[] = [];
-  for (let i = 0; i < 16; i += 2) groups.push(b.readUInt16BE(i).toString(16));
-  let best = -1;
-  let bestLen = 0;
-  for (let i = 0; i < 8; ) {
-    if (groups[i] !== '0') {
-      i++;
-      continue;
-    }
-    let j = i;
-    while (j < 8 && groups[j] === '0') j++;
-    if (j - i > bestLen && j - i > 1) {
-      best = i;
-      bestLen = j - i;
-    }
-    i = j;
-  }
-  if (best < 0) return groups.join(':');
-  return `${groups.slice(0, best).join(':')}::${groups.slice(best + bestLen).join(':')}`;
-}
 
 /** 18 bytes: address (16, IPv4 v4-mapped) ‖ port (2); all zero = no endpoint. */
 function writeEndpoint(w: Writer, e: WireEndpoint | null, field: string, where: string): void {
@@ -380,8 +356,8 @@ function writeEndpoint(w: Writer, e: WireEndpoint | null, field: string, where: 
     if (fam === 4) {
       b[10] = 0xff;
       b[11] = 0xff;
-      ipv4Bytes(e.address).copy(b, 12);
-    } else if (fam === 6) ipv6Bytes(e.address).copy(b, 0);
+      b.writeUInt32BE(ipv4ToNumber(e.address), 12);
+    } else if (fam === 6) ipv6ToBytes(e.address).copy(b, 0);
     else throw new DecodeError(`${where}: ${field}: "${e.address}" is not an IP address`);
     if (!Number.isInteger(e.port) || e.port < 1 || e.port > 65535) throw new DecodeError(`${where}: ${field}: port ${e.port} is not in 1..65535`);
     b.writeUInt16BE(e.port, 16);
@@ -395,7 +371,7 @@ function readEndpoint(r: Reader, field: string, where: string): WireEndpoint | n
   if (b.every((x) => x === 0)) return null;
   if (port === 0) throw new DecodeError(`${where}: ${field}: port 0`);
   const mapped = b.subarray(0, 10).every((x) => x === 0) && b[10] === 0xff && b[11] === 0xff;
-  const address = mapped ? `${b[12]}.${b[13]}.${b[14]}.${b[15]}` : formatIpv6(b.subarray(0, 16));
+  const address = mapped ? numberToIpv4(b.readUInt32BE(12)) : ipv6BytesToText(b);
   return { address, port };
 }
 
@@ -452,12 +428,12 @@ function writeField(w: Writer, kind: FieldKind, v: unknown, field: string, where
       return;
     case 'vip4':
       if (v === null) w.bytes(Buffer.alloc(4));
-      else if (typeof v === 'string' && isIP(v) === 4) w.bytes(ipv4Bytes(v));
+      else if (typeof v === 'string' && isIP(v) === 4) w.u32(ipv4ToNumber(v));
       else bad(`"${String(v)}" is not an IPv4 address`);
       return;
     case 'vip6':
       if (v === null) w.bytes(Buffer.alloc(16));
-      else if (typeof v === 'string' && isIP(v) === 6) w.bytes(ipv6Bytes(v));
+      else if (typeof v === 'string' && isIP(v) === 6) w.bytes(ipv6ToBytes(v));
       else bad(`"${String(v)}" is not an IPv6 address`);
       return;
     case 'vip4s':
@@ -507,12 +483,12 @@ function readField(r: Reader, kind: FieldKind, field: string, where: string): un
     case 'endpoint':
       return readEndpoint(r, field, where);
     case 'vip4': {
-      const b = r.bytes(4, field);
-      return b.readUInt32BE(0) === 0 ? null : `${b[0]}.${b[1]}.${b[2]}.${b[3]}`;
+      const n = r.u32(field);
+      return n === 0 ? null : numberToIpv4(n);
     }
     case 'vip6': {
       const b = r.bytes(16, field);
-      return b.every((x) => x === 0) ? null : formatIpv6(b);
+      return b.every((x) => x === 0) ? null : ipv6BytesToText(b);
     }
     case 'vip4s':
     case 'vip6s': {

@@ -5,6 +5,7 @@
 //   8..23 address (IPv4 as v4-mapped ::ffff:a.b.c.d), 24..27 scope id little-endian.
 // Pure TypeScript, no native dependency.
 import { isIP } from 'node:net';
+import { ipv6BytesToText } from './ip.js';
 
 export const SOCKADDR_SIZE = 28;
 /** Linux AF_INET6; the only family the 28-byte form carries. */
@@ -70,7 +71,7 @@ export function decodeSockaddr(buf: Buffer, offset = 0): Endpoint {
     return { address: `${buf[a + 12]}.${buf[a + 13]}.${buf[a + 14]}.${buf[a + 15]}`, port, family: 4 };
   }
   const scope = buf.readUInt32LE(offset + 24);
-  const address = formatIPv6(buf, a) + (scope !== 0 ? `%${scope}` : '');
+  const address = ipv6BytesToText(buf, a) + (scope !== 0 ? `%${scope}` : '');
   return { address, port, family: 6 };
 }
 
@@ -118,26 +119,3 @@ function parseIPv6(text: string, out: Buffer, offset: number): void {
   for (let i = 0; i < 8; i++) out.writeUInt16BE(groups[i] ?? 0, offset + 2 * i);
 }
 
-/** RFC 5952 text form of 16 bytes at buf[offset]. */
-function formatIPv6(buf: Buffer, offset: number): string {
-  const g: number[] = [];
-  for (let i = 0; i < 8; i++) g.push(buf.readUInt16BE(offset + 2 * i));
-  let bestStart = -1;
-  let bestLen = 1; // a single zero group is not compressed
-  for (let i = 0; i < 8; ) {
-    if (g[i] !== 0) {
-      i++;
-      continue;
-    }
-    let j = i;
-    while (j < 8 && g[j] === 0) j++;
-    if (j - i > bestLen) {
-      bestStart = i;
-      bestLen = j - i;
-    }
-    i = j;
-  }
-  const hex = (xs: number[]) => xs.map((x) => x.toString(16)).join(':');
-  if (bestStart < 0) return hex(g);
-  return `${hex(g.slice(0, bestStart))}::${hex(g.slice(bestStart + bestLen))}`;
-}

@@ -22,6 +22,35 @@ export function ipv4ToNumber(address: string): number {
   return address.split('.').reduce((n, part) => n * 256 + Number(part), 0);
 }
 
+/** The dotted form of an unsigned 32-bit IPv4 address. */
+export function numberToIpv4(n: number): string {
+  return `${n >>> 24}.${(n >>> 16) & 255}.${(n >>> 8) & 255}.${n & 255}`;
+}
+
+/** RFC 5952 text form of the 16 address bytes at buf[offset]. */
+export function ipv6BytesToText(buf: Buffer, offset = 0): string {
+  const g: number[] = [];
+  for (let i = 0; i < 8; i++) g.push(buf.readUInt16BE(offset + 2 * i));
+  let bestStart = -1;
+  let bestLen = 1; // a single zero group is not compressed
+  for (let i = 0; i < 8; ) {
+    if (g[i] !== 0) {
+      i++;
+      continue;
+    }
+    let j = i;
+    while (j < 8 && g[j] === 0) j++;
+    if (j - i > bestLen) {
+      bestStart = i;
+      bestLen = j - i;
+    }
+    i = j;
+  }
+  const hex = (xs: number[]) => xs.map((x) => x.toString(16)).join(':');
+  if (bestStart < 0) return hex(g);
+  return `${hex(g.slice(0, bestStart))}::${hex(g.slice(bestStart + bestLen))}`;
+}
+
 /** An IPv6 address as 16 bytes (accepts every textual form node:net accepts, including ::ffff:a.b.c.d). */
 export function ipv6ToBytes(address: string): Buffer {
   if (!isIPv6(address)) throw new AddressError(`"${address}" is not an IPv6 address`);

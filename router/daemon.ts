@@ -13,6 +13,7 @@ import { ControlChannel, RequestTimeout, type Incoming, type RetransmitPolicy } 
 import { KeyClass, Status, statusName, type WireEndpoint } from '../protocol/control.js';
 import { decodeSockaddr, encodeSockaddr, formatEndpoint } from '../protocol/endpoint.js';
 import { findDc, parentZones } from '../protocol/discovery.js';
+import { ipv4ToNumber, numberToIpv4 } from '../protocol/ip.js';
 import { generateX25519, rawPrivate, x25519FromPrivate, type X25519Pair } from '../protocol/keys.js';
 import { addAddress, addRoute, listAddresses } from '../netlink/rtnetlink.js';
 import { TunDevice } from '../netlink/tun.js';
@@ -447,18 +448,10 @@ function peerView(p: PeerInfo): object {
   };
 }
 
-function numberToIpv4(n: number): string {
-  return `${n >>> 24}.${(n >>> 16) & 255}.${(n >>> 8) & 255}.${n & 255}`;
-}
-
-function ipv4Number(a: string): number {
-  return a.split('.').reduce((n, x) => ((n << 8) | Number(x)) >>> 0, 0);
-}
-
 function inPrefix(address: string, network: string, len: number): boolean {
   if (len === 0) return true;
   const mask = len >= 32 ? 0xffffffff : (~0 << (32 - len)) >>> 0;
-  return ((ipv4Number(address) & mask) >>> 0) === ((ipv4Number(network) & mask) >>> 0);
+  return ((ipv4ToNumber(address) & mask) >>> 0) === ((ipv4ToNumber(network) & mask) >>> 0);
 }
 
 /** Free local IPv4 addresses for mapped peer VIPs, from the configured prefix. */
@@ -470,7 +463,7 @@ class AddressPool {
     const [net, len] = cidr.split('/');
     const bits = Number(len);
     if (net === undefined || isIP(net) !== 4 || !Number.isInteger(bits) || bits < 8 || bits > 30) throw new Error(`mapPool4: "${cidr}" is not an IPv4 prefix of /8../30`);
-    this.base = ipv4Number(net);
+    this.base = ipv4ToNumber(net);
     this.size = 2 ** (32 - bits);
   }
   take(): string {

@@ -46,14 +46,15 @@ export class Outside {
         counters.inDropInvalid++;
         continue;
       }
-      const tunnel = table.bySpiLookup(buf.readUInt32BE(start));
+      const spi = buf.readUInt32BE(start);
+      const tunnel = table.bySpiLookup(spi);
       if (tunnel === undefined) {
         counters.inDropUnknownSpi++;
         continue;
       }
       const slot = out.count;
       const at = out.offset(slot);
-      const sa = tunnel.inboundFor(buf.readUInt32BE(start))!;
+      const sa = tunnel.inboundFor(spi)!;
       const innerLength = sa.open(buf, start, start + length, out.buf, at);
       if (innerLength < 0) {
         counters.countEspDrop(innerLength);

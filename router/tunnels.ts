@@ -73,7 +73,7 @@ export class TunnelManager {
   readonly routes = new Map<number, Route>();
   readonly peers = new Map<string, PeerInfo>();
   private readonly waiting = new Map<number, { resolve: (p: PeerInfo) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }>();
-  private readonly initiating = new Map<string, Promise<PeerInfo>>();
+  private readonly initiating = new Map<number, Promise<PeerInfo>>();
   private rekeyTimer: NodeJS.Timeout | null = null;
   private readonly renewing = new Set<string>();
 
@@ -133,11 +133,10 @@ export class TunnelManager {
 
   /** Initiator: Tunnel Request under Ktun to the directed endpoint, Response proves Kmncn. */
   initiate(route: Route): Promise<PeerInfo> {
-    const key = `${route.routeId}`;
-    let p = this.initiating.get(key);
+    let p = this.initiating.get(route.routeId);
     if (p === undefined) {
-      p = this.runInitiate(route).finally(() => this.initiating.delete(key));
-      this.initiating.set(key, p);
+      p = this.runInitiate(route).finally(() => this.initiating.delete(route.routeId));
+      this.initiating.set(route.routeId, p);
     }
     return p;
   }
@@ -256,8 +255,7 @@ export class TunnelManager {
   private checkRekey(): void {
     const now = this.o.now();
     for (const peer of this.peers.values()) {
-      const key = `${peer.route.routeId}`;
-      if (!peer.route.initiator || this.initiating.has(key) || this.renewing.has(peer.route.peerNode)) continue;
+      if (!peer.route.initiator || this.initiating.has(peer.route.routeId) || this.renewing.has(peer.route.peerNode)) continue;
       const old = now - peer.keyedAt > this.o.rekeyAfterSeconds * 1000;
       if (!old && !peer.tunnel.outbound.needsRekey) continue;
       if (peer.route.expiresAt > now + 10_000) {

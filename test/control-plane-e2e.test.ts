@@ -11,19 +11,17 @@ import { buildFleet, FLEET_CASES, LAN, NAMES, type Fleet } from '../lab/fleet.js
 
 const SIZE = 20 * 1024 * 1024;
 
-async function serveFile(fleet: Fleet, lab: Lab): Promise<string> {
+async function serveFile(fleet: Fleet): Promise<string> {
   const root = path.join(fleet.dir, 'www');
   mkdirSync(root, { recursive: true });
   const data = randomBytes(SIZE);
   writeFileSync(path.join(root, 'f'), data);
-  const server = fleet.b2.spawn('python3', ['-m', 'http.server', '--bind', LAN.b2, '8080', '--directory', root], { log: 'http' });
+  fleet.b2.spawn('python3', ['-m', 'http.server', '--bind', LAN.b2, '8080', '--directory', root], { log: 'http' });
   for (let i = 0; i < 50; i++) {
     const r = await fleet.b2.exec('curl', ['-s', '-o', '/dev/null', '-w', '%{http_code}', `http://${LAN.b2}:8080/f`], { allowFail: true });
     if (r.stdout === '200') break;
     await new Promise((r) => setTimeout(r, 100));
   }
-  void server;
-  void lab;
   return createHash('sha256').update(data).digest('hex');
 }
 
@@ -42,7 +40,7 @@ for (const c of FLEET_CASES.filter((x) => !only || x === only)) {
       async (lab) => {
         const fleet = await buildFleet(lab, { case: c });
         t.teardown(() => fleet.dispose());
-        const want = await serveFile(fleet, lab);
+        const want = await serveFile(fleet);
         const out = path.join(fleet.dir, 'got');
         const r = await fleet.a1.exec('curl', ['-sS', '--max-time', '60', '-o', out, '-w', '%{http_code} %{time_namelookup} %{time_starttransfer}', `http://${NAMES.b2}:8080/f`], { allowFail: true, timeoutMs: 90_000 });
         t.equal(r.code, 0, `curl exit 0 (${r.stderr.trim()})`);
@@ -99,7 +97,7 @@ t.test("a peer VIP inside router A's LAN is shown to the LAN as a free local add
       // DC2 hands out VIPs from 192.168.1.64/26, inside router A's LAN 192.168.1.0/24.
       const fleet = await buildFleet(lab, { case: 'no-nat', dc2Pool4: '192.168.1.64/26' });
       t.teardown(() => fleet.dispose());
-      const want = await serveFile(fleet, lab);
+      const want = await serveFile(fleet);
       const out = path.join(fleet.dir, 'got');
       const r = await fleet.a1.exec('curl', ['-sS', '--max-time', '60', '-o', out, '-w', '%{http_code} %{remote_ip}', `http://${NAMES.b2}:8080/f`], { allowFail: true, timeoutMs: 90_000 });
       const [code, remote] = r.stdout.split(' ');

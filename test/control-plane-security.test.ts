@@ -119,11 +119,15 @@ t.test('control plane refuses forged, replayed and foreign messages; survives DC
       t.same(regsAfter, regsBefore, `DC2 restarted with the same registrations (${regsAfter.join(', ')})`);
       // The first direction after both DCs restarted makes first contact again (DNS, mutual TLS).
       let attempts = 0;
+      let lastFailure = '';
       await until('router A reaches rb.fleet2.test by name', async () => {
         attempts++;
-        const p = (await fleet.ra.api('ping', { name: NAMES.rb, count: 2 }).catch(() => ({ received: 0 }))) as { received: number };
+        const p = (await fleet.ra.api('ping', { name: NAMES.rb, count: 2 }).catch((e: Error) => ({ received: 0, error: e.message }))) as { received: number; error?: string };
+        lastFailure = p.error ?? `${p.received}/2 replies`;
         return p.received === 2;
-      }, 15_000);
+      }, 15_000).catch((e: Error) => {
+        throw new Error(`${e.message} (last attempt: ${lastFailure})`);
+      });
       t.pass(`after the restart, router A reaches rb.fleet2.test by name (attempts: ${attempts})`);
 
       // DC1 away for longer than the keepalive retries: router A registers again on its own.

@@ -17,7 +17,7 @@ import { peerIdentity } from '../identity.js';
 import { onMessages, tlsContextOptions, writeMessage, type TlsFiles } from '../tls.js';
 import { DnsServer } from './dns-server.js';
 import { PeerDcs } from './peers.js';
-import { Registry, type PoolConfig, type Registration } from './registry.js';
+import { Registry, type PoolConfig } from './registry.js';
 import { decideRoute } from './route.js';
 
 export interface DcConfig {
@@ -472,4 +472,3 @@ function wireFrom(sockaddr: Buffer): WireEndpoint {
   return { address: e.address, port: e.port };
 }
 
-export type { Registration };

@@ -7,7 +7,7 @@
 import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, statSync, writeSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { isIP } from 'node:net';
-import { ipv6ToBytes } from '../../protocol/ip.js';
+import { ipv6BytesToText, ipv6ToBytes, numberToIpv4 } from '../../protocol/ip.js';
 import { type WireEndpoint } from '../../protocol/control.js';
 
 export interface NodeKey {
@@ -208,15 +208,9 @@ function parseCidr(text: string, family: 4 | 6, field: string): [Buffer, number]
   return [bytes, bits];
 }
 
-function numberToIpv4(n: number): string {
-  return `${n >>> 24}.${(n >>> 16) & 255}.${(n >>> 8) & 255}.${n & 255}`;
-}
-
 function ipv6WithIndex(prefix: Buffer, index: number): string {
   const b = Buffer.from(prefix);
   b.fill(0, 8);
   b.writeUInt32BE(index, 12);
-  const groups: string[] = [];
-  for (let i = 0; i < 16; i += 2) groups.push(b.readUInt16BE(i).toString(16));
-  return groups.join(':').replace(/(^|:)0(:0)+(:|$)/, '::');
+  return ipv6BytesToText(b);
 }
