@@ -1,7 +1,7 @@
 // The read side shared by the TUN device and the UDP socket: on each readable event, drain the fd
 // in batches into one preallocated PacketBatch and hand each batch to the handler.
 
-import { type PacketBatch } from '../router/io.js';
+import { type PacketBatch } from '../tunnel/io.js';
 import { pollStart, type PollHandle } from './native.js';
 
 /** Batches drained per readable event before yielding to the event loop (level-triggered: it comes back). */

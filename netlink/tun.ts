@@ -1,8 +1,8 @@
-// The kernel TUN device behind router/io.ts PacketDevice: opened by the addon (IFF_TUN|IFF_NO_PI,
+// The kernel TUN device behind tunnel/io.ts PacketDevice: opened by the addon (IFF_TUN|IFF_NO_PI,
 // non-blocking), configured with rtnetlink (MTU, addresses, link up), read in batches into one
 // preallocated PacketBatch whenever uv_poll says it is readable. No allocation and no promise per
 // packet. The kernel deletes the device when it is closed (it is not made persistent).
-import { PacketBatch, type PacketDevice } from '../router/io.js';
+import { PacketBatch, type PacketDevice } from '../tunnel/io.js';
 import { drainOnReadable } from './drain.js';
 import { close, pollStop, readBatch, tunOpen, writeBatch, type PollHandle } from './native.js';
 import { addAddress, setLinkUp, setMtu } from './rtnetlink.js';

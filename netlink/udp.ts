@@ -1,8 +1,8 @@
-// The kernel UDP socket behind router/io.ts DatagramSocket: one port for control and ESP
+// The kernel UDP socket behind tunnel/io.ts DatagramSocket: one port for control and ESP
 // (ARCHITECTURE §2.2), dual-stack by default ('::' with IPV6_V6ONLY=0, IPv4 peers v4-mapped),
 // 4 MiB kernel buffers, recvmmsg/sendmmsg batches into one preallocated PacketBatch driven by
 // uv_poll. Endpoints are the 28-byte form of protocol/endpoint.ts.
-import { PacketBatch, SOCKADDR_SIZE, type DatagramSocket } from '../router/io.js';
+import { PacketBatch, SOCKADDR_SIZE, type DatagramSocket } from '../tunnel/io.js';
 import { drainOnReadable } from './drain.js';
 import { close, GSO_OFF, GSO_WORKS, newSendState, pollStop, recvBatch, SEND_GSO, sendBatch, udpOpen, type PollHandle } from './native.js';
 

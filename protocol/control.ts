@@ -29,9 +29,11 @@ export const KeyClass = {
   dcdc: 2,
   tun: 3,
   dcrs: 4,
+  /** A tunnel's own key (derived from Kmncn, key ID = the receiver's inbound SPI): path probes and updates. */
+  path: 5,
 } as const;
 export type KeyClassCode = (typeof KeyClass)[keyof typeof KeyClass];
-const KEY_CLASS_NAMES = ['tls', 'Kntmdc', 'Kdcdc', 'Ktun', 'Kdcrs'];
+const KEY_CLASS_NAMES = ['tls', 'Kntmdc', 'Kdcdc', 'Ktun', 'Kdcrs', 'Kpath'];
 
 export const Status = {
   ok: 0,
@@ -43,6 +45,7 @@ export const Status = {
   notRegistered: 6,
   internal: 7,
   keyMismatch: 8,
+  overQuota: 9,
 } as const;
 export type StatusCode = (typeof Status)[keyof typeof Status];
 export function statusName(code: number): string {
@@ -117,6 +120,8 @@ export const MESSAGES = {
     fields: [
       ['source', 'name'],
       ['target', 'name'],
+      /** DirectionFlags: relay (a direct attempt failed), general (the router's policy: a non-NTMobile host). */
+      ['flags', 'u8'],
     ],
   },
   nodeInformationRequest: {
@@ -163,6 +168,10 @@ export const MESSAGES = {
       ['peerVips6', 'vip6s'],
       ['peerEndpoint', 'endpoint'],
       ['peerPublicKey', 'key'],
+      /** PathKind: direct, relay (peerEndpoint is the RS: hole-punch first), gateway (the RS is the far end). */
+      ['path', 'u8'],
+      /** On a relayed route: the peer's endpoint as its DC saw it, to try a direct path (null: do not try). */
+      ['peerCandidate', 'endpoint'],
     ],
   },
   relayDirection: {
@@ -216,6 +225,8 @@ export const MESSAGES = {
     fields: [
       ['routeId', 'u32'],
       ['node', 'name'],
+      /** Makes the request at least as long as the RS's answer (HOLE_PUNCH_PAD): no amplification. */
+      ['pad', 'text'],
     ],
   },
   holePunchingAck: {
@@ -238,6 +249,51 @@ export const MESSAGES = {
       ['fqdn', 'name'],
       ['names', 'names'],
       ['publicKey', 'key'],
+    ],
+  },
+  gatewayDirection: {
+    code: 17,
+    keys: 'Kdcrs',
+    fields: [
+      ['routeId', 'u32'],
+      ['ktun', 'key'],
+      ['ktmp', 'key'],
+      ['expiresAt', 'time'],
+      /** The NTMobile node whose tunnel ends at the RS, its name, VIPs and static public key. */
+      ['node', 'name'],
+      ['nodeName', 'name'],
+      ['nodeVips4', 'vip4s'],
+      ['nodeVips6', 'vip6s'],
+      ['nodePublicKey', 'key'],
+      /** The general host: its name and the addresses the node may reach through the RS. */
+      ['target', 'name'],
+      ['targets4', 'vip4s'],
+      ['targets6', 'vip6s'],
+    ],
+  },
+  relayHello: {
+    code: 18,
+    keys: 'tls (RS → DC, first contact)',
+    fields: [
+      ['name', 'name'],
+      ['publicKey', 'key'],
+    ],
+  },
+  pathProbe: {
+    code: 19,
+    keys: 'Kpath',
+    fields: [
+      /** 0: a probe (answer it); 1: commit (move the tunnel's path to where this came from, then answer). */
+      ['commit', 'u8'],
+      ['pad', 'text'],
+    ],
+  },
+  pathProbeAck: {
+    code: 20,
+    keys: 'Kpath',
+    fields: [
+      ['inReplyTo', 'id'],
+      ['observed', 'endpoint'],
     ],
   },
 } as const satisfies Record<string, { code: number; keys: string; fields: Schema }>;
@@ -603,5 +659,14 @@ export function decodeTlsMessage(buf: Buffer): { envelope: Envelope; message: Co
 
 /** Route Direction roles. */
 export const Role = { initiator: 1, responder: 2 } as const;
+
+/** Route Direction path kinds. */
+export const PathKind = { direct: 0, relay: 1, gateway: 2 } as const;
+
+/** Direction Request flags. */
+export const DirectionFlags = { relay: 1, general: 2 } as const;
+
+/** Pad of a Hole Punching request: with it the request is never shorter than the RS's answer. */
+export const HOLE_PUNCH_PAD = '-'.repeat(24);
 
 export const ZERO_KEY: Readonly<Buffer> = Buffer.alloc(CONTROL_KEY_SIZE);

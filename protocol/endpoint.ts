@@ -1,4 +1,4 @@
-// UDP endpoints as they cross the JS/kernel boundary (router/io.ts PacketBatch.addrs, the native
+// UDP endpoints as they cross the JS/kernel boundary (tunnel/io.ts PacketBatch.addrs, the native
 // addon's recvBatch/sendBatch): 28 bytes in sockaddr_in6 layout, written byte by byte so that it is
 // the same on every router whatever its endianness:
 //   0..1 family AF_INET6 (10) little-endian, 2..3 port big-endian, 4..7 flowinfo (raw),

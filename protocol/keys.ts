@@ -104,6 +104,11 @@ export function deriveSaKeys(kmncn: Buffer, suite: EspSuite): { i2r: SaKeys; r2i
   return { i2r: one('i2r'), r2i: one('r2i') };
 }
 
+/** Kpath: the tunnel's own control key (path probes and updates), known to the two ends only. */
+export function derivePathKey(kmncn: Buffer): Buffer {
+  return Buffer.from(hkdfSync('sha256', kmncn, Buffer.alloc(0), Buffer.from('ntmobile path v1'), 32));
+}
+
 /** The Tunnel Response's proof that the responder holds Kmncn. */
 export function keyConfirmation(kmncn: Buffer, t: Transcript): Buffer {
   return createHmac('sha256', kmncn).update('ntmobile confirm v1').update(transcriptBytes(t)).digest();

@@ -4,7 +4,7 @@
 import { writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { decodeSockaddr, formatEndpoint } from '../protocol/endpoint.js';
-import { type Engine } from './engine.js';
+import { type Engine } from '../tunnel/engine.js';
 import { ConfigError, loadStaticConfig } from './static-config.js';
 import { startStaticTunnel } from './static-tunnel.js';
 import { apiCall } from './api.js';

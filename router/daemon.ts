@@ -21,11 +21,11 @@ import { UdpSocket } from '../netlink/udp.js';
 import { ApiServer } from './api.js';
 import { type RouterConfig } from './config.js';
 import { DnsHook } from './dns-hook.js';
-import { Engine } from './engine.js';
+import { Engine } from '../tunnel/engine.js';
 import { LanTranslation } from './lan-nat.js';
 import { login, LoginError, type LoginResult } from './login.js';
-import { TunnelTable } from './tunnel-table.js';
-import { TunnelManager, type PeerInfo } from './tunnels.js';
+import { TunnelTable } from '../tunnel/table.js';
+import { TunnelManager, type PeerInfo } from '../tunnel/setup.js';
 
 /** Retransmission for requests a DNS answer waits on: must fit inside the DNS hook's deadline. */
 const FAST: RetransmitPolicy = { initialMs: 250, maxMs: 1000, tries: 4 };
@@ -326,7 +326,7 @@ export class RouterDaemon {
     this.counters.directions++;
     let answer: Incoming;
     try {
-      answer = await this.channel.request('directionRequest', { source: this.config.name, target: name }, this.dcKey(), this.dc!, FAST);
+      answer = await this.channel.request('directionRequest', { source: this.config.name, target: name, flags: 0 }, this.dcKey(), this.dc!, FAST);
     } catch (e) {
       this.counters.directionsFailed++;
       throw e instanceof RequestTimeout ? new Error(`direction for ${name}: the DC does not answer`) : e;

@@ -7,9 +7,9 @@ import { ipv4ToNumber, ipv6ToBytes } from '../protocol/ip.js';
 import { TunDevice } from '../netlink/tun.js';
 import { UdpSocket } from '../netlink/udp.js';
 import { addRoute } from '../netlink/rtnetlink.js';
-import { Engine } from './engine.js';
+import { Engine } from '../tunnel/engine.js';
 import { type StaticConfig, type StaticPeer } from './static-config.js';
-import { Tunnel, TunnelTable } from './tunnel-table.js';
+import { Tunnel, TunnelTable } from '../tunnel/table.js';
 
 export function tunnelFromPeer(p: StaticPeer): Tunnel {
   const vip4 = p.vips.find((a) => isIP(a) === 4);

@@ -5,7 +5,7 @@
 import t, { type Test } from 'tap';
 import { createCipheriv, randomBytes } from 'node:crypto';
 import {
-  AuthError, CONTROL_VERSION, DecodeError, HEADER_SIZE, KeyClass, MESSAGES, Role, Status, TAG_SIZE, ZERO_KEY,
+  AuthError, CONTROL_VERSION, DecodeError, DirectionFlags, HOLE_PUNCH_PAD, PathKind, HEADER_SIZE, KeyClass, MESSAGES, Role, Status, TAG_SIZE, ZERO_KEY,
   decodeBody, decodeTlsMessage, encodeBody, encodeTlsMessage, openMessage, readHeader, sealMessage,
   type Body, type Envelope, type MessageName,
 } from '../protocol/control.js';
@@ -75,7 +75,10 @@ const SAMPLES: { [N in MessageName]: Body<N>[] } = {
     { inReplyTo: 0xffffffffffffffffn, status: Status.ok, observed: { address: '198.51.100.9', port: 4500 }, serverTime: Number.MAX_SAFE_INTEGER },
     { inReplyTo: 5n, status: Status.notAuthorized, observed: null, serverTime: T0 },
   ],
-  directionRequest: [{ source: 'router-1.fleet.example', target: 'b2.lan.router-2.fleet.example' }],
+  directionRequest: [
+    { source: 'router-1.fleet.example', target: 'b2.lan.router-2.fleet.example', flags: 0 },
+    { source: 'router-1.fleet.example', target: 'www.example.org', flags: DirectionFlags.relay | DirectionFlags.general },
+  ],
   nodeInformationRequest: [{ target: 'cn.example.org', requester: 'dc.example.com' }],
   nodeInformationResponse: [
     {
@@ -98,11 +101,13 @@ const SAMPLES: { [N in MessageName]: Body<N>[] } = {
       localName: 'a1.lan.router-1.fleet.example', peerNode: 'router-2.fleet.example', peerName: 'b2.lan.router-2.fleet.example',
       peerVip4: '10.77.0.2', peerVip6: 'fd4e:544d:1::2', peerVips4: ['10.77.0.2'], peerVips6: ['fd4e:544d:1::2'],
       peerEndpoint: { address: '2001:db8:0:1::5', port: 4500 }, peerPublicKey: key32(7),
+      path: PathKind.relay, peerCandidate: { address: '198.51.100.7', port: 61000 },
     },
     {
       inReplyTo: 123456789n, routeId: 1, role: Role.responder, ktun: key32(8), ktmp: key32(9), expiresAt: T0,
       localName: 'cn.example.org', peerNode: 'mn.example.com', peerName: 'mn.example.com',
       peerVip4: null, peerVip6: null, peerVips4: [], peerVips6: [], peerEndpoint: null, peerPublicKey: ZERO_KEY,
+      path: PathKind.direct, peerCandidate: null,
     },
   ],
   relayDirection: [{ routeId: 42, ktun: key32(10), expiresAt: T0 + 60_000, nodeA: 'mn.example.com', nodeB: 'cn.example.org' }],
@@ -113,12 +118,27 @@ const SAMPLES: { [N in MessageName]: Body<N>[] } = {
   ],
   tunnelRequest: [{ routeId: 42, node: 'mn.example.com', suite: 1, spi: 0x00010000, ephemeral: key32(11), nonce: key32(12) }],
   tunnelResponse: [{ inReplyTo: 99n, status: Status.ok, routeId: 42, spi: 0xfffffffe, ephemeral: key32(13), nonce: key32(14), confirm: key32(15) }],
-  holePunching: [{ routeId: 42, node: 'mn.example.com' }],
+  holePunching: [{ routeId: 42, node: 'mn.example.com', pad: HOLE_PUNCH_PAD }],
   holePunchingAck: [
     { inReplyTo: 100n, routeId: 42, observed: { address: '2001:db8:ffff::1', port: 33333 } },
     { inReplyTo: 101n, routeId: 43, observed: { address: '198.51.100.200', port: 4500 } },
   ],
   deregistration: [{ name: 'router-1.fleet.example' }],
+  gatewayDirection: [
+    {
+      routeId: 7, ktun: key32(21), ktmp: key32(22), expiresAt: T0, node: 'router-1.fleet.example', nodeName: 'router-1.fleet.example',
+      nodeVips4: ['10.77.0.1'], nodeVips6: ['fd4e:544d:1::1'], nodePublicKey: key32(23), target: 'www.example.org', targets4: ['198.51.100.80'], targets6: [],
+    },
+  ],
+  relayHello: [{ name: 'rs1.relay.example', publicKey: key32(24) }],
+  pathProbe: [
+    { commit: 0, pad: '' },
+    { commit: 1, pad: 'x'.repeat(40) },
+  ],
+  pathProbeAck: [
+    { inReplyTo: 5n, observed: { address: '198.51.100.1', port: 1 } },
+    { inReplyTo: 6n, observed: null },
+  ],
   keyDistribution: [
     { keyId: 7, key: key32(16), expiresAt: T0 + 86_400_000, fqdn: 'router-1.fleet.example', names: ['a1.lan.router-1.fleet.example'], publicKey: key32(17) },
     { keyId: 0xffffffff, key: key32(18), expiresAt: T0, fqdn: 'mn.example.com', names: [], publicKey: ZERO_KEY },
@@ -331,11 +351,11 @@ t.test('unknown type, version, key class, nonzero flags are refused by readHeade
   t.equal(open(sealRaw(header(code), plain, KEY), KEY).type, 'deregistration', 'the hand-made header is valid as it is');
   const cases: [string, Buffer, RegExp][] = [
     ['type 0', header(0), /message type 0 is unknown/],
-    ['type 17', header(17), /message type 17 is unknown/],
+    ['type 21', header(21), /message type 21 is unknown/],
     ['type 255', header(255), /message type 255 is unknown/],
     ['version 0', header(code, { version: 0 }), /version 0, want 1/],
     ['version 2', header(code, { version: 2 }), /version 2, want 1/],
-    ['key class 5', header(code, { keyClass: 5 }), /key class 5 is unknown/],
+    ['key class 6', header(code, { keyClass: 6 }), /key class 6 is unknown/],
     ['key class 255', header(code, { keyClass: 255 }), /key class 255 is unknown/],
     ['flags 1', header(code, { flags: 1 }), /flags 1, want 0/],
     ['flags 0x80', header(code, { flags: 0x80 }), /flags 128, want 0/],

@@ -5,8 +5,8 @@ import { InboundSa, OutboundSa } from '../protocol/esp.js';
 import { encodeSockaddr } from '../protocol/endpoint.js';
 import { ipv4ToNumber, ipv6ToBytes } from '../protocol/ip.js';
 import { frameControl } from '../protocol/demux.js';
-import { Engine } from '../router/engine.js';
-import { Tunnel, TunnelTable } from '../router/tunnel-table.js';
+import { Engine } from '../tunnel/engine.js';
+import { Tunnel, TunnelTable } from '../tunnel/table.js';
 import { FakeDevice, FakeSocket } from './fakes.js';
 import { ipPacket } from './tools/packets.js';
 

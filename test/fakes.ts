@@ -1,7 +1,7 @@
-// In-memory PacketDevice and DatagramSocket (router/io.ts) for unit tests of the engine's pure
+// In-memory PacketDevice and DatagramSocket (tunnel/io.ts) for unit tests of the engine's pure
 // logic. Acceptance tests use the kernel devices in namespaces instead.
 
-import { PacketBatch, SOCKADDR_SIZE, type DatagramSocket, type PacketDevice } from '../router/io.js';
+import { PacketBatch, SOCKADDR_SIZE, type DatagramSocket, type PacketDevice } from '../tunnel/io.js';
 
 export class FakeDevice implements PacketDevice {
   readonly written: Buffer[] = [];

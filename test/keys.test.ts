@@ -201,7 +201,7 @@ t.test('end to end: SAs derived by initiator and responder interoperate through 
   for (const suite of ['chacha20-poly1305', 'aes-gcm'] as EspSuite[]) {
     const s = setup();
     const { initiatorSpi, responderSpi } = s.transcript;
-    // Each side derives on its own, exactly as router/tunnels.ts does.
+    // Each side derives on its own, exactly as tunnel/setup.ts does.
     const ik = deriveSaKeys(s.initiatorKmncn(), suite);
     const rk = deriveSaKeys(s.responderKmncn(), suite);
     const initiator = {

@@ -7,7 +7,7 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { EndpointError, decodeSockaddr, encodeSockaddr, formatEndpoint } from '../protocol/endpoint.js';
-import { PacketBatch, SOCKADDR_SIZE } from '../router/io.js';
+import { PacketBatch, SOCKADDR_SIZE } from '../tunnel/io.js';
 import * as native from '../netlink/native.js';
 import {
   IFA_F_TENTATIVE,

@@ -78,6 +78,8 @@ async function main(): Promise<void> {
       peerVips6: [],
       peerEndpoint: { address: '198.18.0.66', port: 4500 },
       peerPublicKey: randomBytes(32),
+      path: 0,
+      peerCandidate: null,
     };
     const datagrams = [keyId, (keyId + 1) >>> 0].map((id) =>
       frame(sealMessage('routeDirection', body, { keyClass: KeyClass.ntmdc, keyId: id, messageId: newMessageId(), timestamp: Date.now() }, randomBytes(32))),

@@ -6,13 +6,13 @@
 
 import { createServer as createTlsServer, type Server as TlsServer, type TLSSocket } from 'node:tls';
 import { ControlChannel, RequestTimeout, type Incoming, type RetransmitPolicy } from '../../protocol/channel.js';
-import { KeyClass, Role, Status, statusName, ZERO_KEY, type Body, type WireEndpoint } from '../../protocol/control.js';
+import { KeyClass, PathKind, Role, Status, statusName, ZERO_KEY, type Body, type WireEndpoint } from '../../protocol/control.js';
 import { decodeSockaddr, encodeSockaddr } from '../../protocol/endpoint.js';
 import { DC_CONTROL_PORT, DC_TLS_PORT, type DiscoveryOptions } from '../../protocol/discovery.js';
 import { randomId32, randomKey } from '../../protocol/keys.js';
 import { UdpSocket } from '../../netlink/udp.js';
 import { classifyDatagram, DatagramKind } from '../../protocol/demux.js';
-import { SOCKADDR_SIZE } from '../../router/io.js';
+import { SOCKADDR_SIZE } from '../../tunnel/io.js';
 import { peerIdentity } from '../identity.js';
 import { onMessages, tlsContextOptions, writeMessage, type TlsFiles } from '../tls.js';
 import { DnsServer } from './dns-server.js';
@@ -391,6 +391,8 @@ export class DirectionCoordinator {
       peerVips6: cn.nodeVips6,
       peerEndpoint: decision.mnPeer,
       peerPublicKey: cn.publicKey,
+      path: PathKind.direct,
+      peerCandidate: null,
     };
     const toCn: Body<'routeDirection'> = {
       inReplyTo: 0n,
@@ -408,6 +410,8 @@ export class DirectionCoordinator {
       peerVips6: mn.nodeVips6,
       peerEndpoint: decision.cnPeer,
       peerPublicKey: mn.publicKey,
+      path: PathKind.direct,
+      peerCandidate: null,
     };
     if (this.config.verbose) console.error(`dc ${this.config.zone}: route ${routeId} ${b.source} → ${b.target}: ${decision.case}, ${decision.initiator} initiates`);
     try {

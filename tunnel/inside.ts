@@ -6,7 +6,7 @@ import { NEXT_HEADER_IPV4, nextHeaderFor, SEAL_EXHAUSTED } from '../protocol/esp
 import { IPV4_HEADER_MIN, IPV6_HEADER_SIZE } from '../protocol/ip.js';
 import { type EngineCounters } from './counters.js';
 import { SOCKADDR_SIZE, type DatagramSocket, type PacketBatch } from './io.js';
-import { type TunnelTable } from './tunnel-table.js';
+import { type TunnelTable } from './table.js';
 
 export class Inside {
   constructor(

@@ -8,7 +8,7 @@ import { EngineCounters } from './counters.js';
 import { Inside } from './inside.js';
 import { PacketBatch, type DatagramSocket, type PacketDevice } from './io.js';
 import { Outside, type ControlHandler } from './outside.js';
-import { type TunnelTable } from './tunnel-table.js';
+import { type TunnelTable } from './table.js';
 
 export interface EngineOptions {
   /** Packets per batch each way. */

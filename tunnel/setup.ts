@@ -13,7 +13,7 @@ import { decodeSockaddr, encodeSockaddr } from '../protocol/endpoint.js';
 import { InboundSa, OutboundSa, SPI_MIN, type EspSuite } from '../protocol/esp.js';
 import { ipv4ToNumber, ipv6ToBytes } from '../protocol/ip.js';
 import { confirmationMatches, deriveKmncn, deriveSaKeys, generateX25519, keyConfirmation, suiteFromCode, SUITE_CODES, x25519, type Transcript, type X25519Pair } from '../protocol/keys.js';
-import { Tunnel, type TunnelTable } from './tunnel-table.js';
+import { Tunnel, type TunnelTable } from './table.js';
 
 export interface Route {
   routeId: number;

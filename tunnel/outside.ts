@@ -6,7 +6,7 @@ import { classifyDatagram, DatagramKind } from '../protocol/demux.js';
 import { IPV4_SRC_OFFSET, IPV6_SRC_OFFSET, IP_VERSION_4 } from '../protocol/ip.js';
 import { type EngineCounters } from './counters.js';
 import { SOCKADDR_SIZE, type PacketBatch, type PacketDevice } from './io.js';
-import { type Tunnel, type TunnelTable } from './tunnel-table.js';
+import { type Tunnel, type TunnelTable } from './table.js';
 
 /** Receives control messages (copied out of the batch) with the sender's sockaddr. */
 export type ControlHandler = (message: Buffer, from: Buffer) => void;
