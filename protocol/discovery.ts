@@ -8,6 +8,10 @@ import { isIP } from 'node:net';
 
 export const DC_CONTROL_PORT = 4500;
 export const DC_TLS_PORT = 4501;
+/** A Relay Server's UDP port (hole punching, relayed ESP, Relay Direction) and its mutual-TLS port
+ *  (first contact with DCs): different from the DC's, so that one machine can run both. */
+export const RS_PORT = 4600;
+export const RS_TLS_PORT = 4601;
 
 export interface DcLocation {
   zone: string;
