@@ -172,6 +172,8 @@ export const MESSAGES = {
       ['path', 'u8'],
       /** On a relayed route: the peer's endpoint as its DC saw it, to try a direct path (null: do not try). */
       ['peerCandidate', 'endpoint'],
+      /** The RS's name on relay and gateway paths ('' on a direct path), for the operator. */
+      ['via', 'text'],
     ],
   },
   relayDirection: {

@@ -37,6 +37,12 @@ export interface RouterConfig {
   mapPool4: string;
   socketPath: string;
   nftTable: string;
+  /**
+   * General (non-NTMobile) hosts: names under `viaRelay` are reached through a Relay Server, so
+   * that their sessions survive the router's moves; all other general traffic goes out directly
+   * as it always did (this daemon does not touch it).
+   */
+  general: { viaRelay: string[] };
 }
 
 export class RouterConfigError extends Error {
@@ -81,7 +87,7 @@ export function parseRouterConfig(text: string, baseDir = '.'): RouterConfig {
     if (e instanceof RouterConfigError) throw e;
     throw new RouterConfigError(`config: not valid JSON (${(e as Error).message})`);
   }
-  const known = ['name', 'account', 'as', 'privateKeyFile', 'listen', 'tun', 'lan', 'publish', 'dns', 'resolvers', 'dc', 'dcPort', 'suite', 'rekeyAfterSeconds', 'mapPool4', 'socketPath', 'nftTable'];
+  const known = ['name', 'account', 'as', 'privateKeyFile', 'listen', 'tun', 'lan', 'publish', 'dns', 'resolvers', 'dc', 'dcPort', 'suite', 'rekeyAfterSeconds', 'mapPool4', 'socketPath', 'nftTable', 'general'];
   for (const k of Object.keys(root)) if (!known.includes(k)) throw new RouterConfigError(`${k}: unknown setting (known: ${known.join(', ')})`);
   const account = obj(root.account, 'account');
   let password: string;
@@ -119,6 +125,9 @@ export function parseRouterConfig(text: string, baseDir = '.'): RouterConfig {
   const domains = strings(dns, 'domains', 'dns.').map((d, i) => name(d, `dns.domains[${i}]`));
   const dc = obj(root.dc ?? {}, 'dc');
   for (const [z, a] of Object.entries(dc)) if (typeof a !== 'string' || !isIP(a)) throw new RouterConfigError(`dc.${z}: want an IP address`);
+  const general = obj(root.general ?? {}, 'general');
+  for (const k of Object.keys(general)) if (k !== 'viaRelay') throw new RouterConfigError(`general.${k}: unknown setting (known: viaRelay)`);
+  const viaRelay = strings(general, 'viaRelay', 'general.').map((d, i) => name(d, `general.viaRelay[${i}]`));
   const tunName = str(tun, 'name', 'tun.', 'ntm0');
   if (tunName.length > 15) throw new RouterConfigError(`tun.name: "${tunName}" is longer than 15 characters`);
   return {
@@ -144,6 +153,7 @@ export function parseRouterConfig(text: string, baseDir = '.'): RouterConfig {
     mapPool4: str(root, 'mapPool4', '', '10.255.255.0/24'),
     socketPath: str(root, 'socketPath', '', '/var/run/ntmobile.sock'),
     nftTable: str(root, 'nftTable', '', 'ntmobile'),
+    general: { viaRelay },
   };
 }
 

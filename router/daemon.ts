@@ -10,7 +10,7 @@ import { dirname } from 'node:path';
 import { isIP } from 'node:net';
 import { execFile } from 'node:child_process';
 import { ControlChannel, RequestTimeout, type Incoming, type RetransmitPolicy } from '../protocol/channel.js';
-import { KeyClass, Status, statusName, type WireEndpoint } from '../protocol/control.js';
+import { DirectionFlags, KeyClass, PathKind, Status, statusName, type WireEndpoint } from '../protocol/control.js';
 import { decodeSockaddr, encodeSockaddr, formatEndpoint } from '../protocol/endpoint.js';
 import { findDc, parentZones } from '../protocol/discovery.js';
 import { ipv4ToNumber, numberToIpv4 } from '../protocol/ip.js';
@@ -25,11 +25,13 @@ import { Engine } from '../tunnel/engine.js';
 import { LanTranslation } from './lan-nat.js';
 import { login, LoginError, type LoginResult } from './login.js';
 import { TunnelTable } from '../tunnel/table.js';
-import { TunnelManager, type PeerInfo } from '../tunnel/setup.js';
+import { TunnelManager, TunnelSetupError, type PeerInfo } from '../tunnel/setup.js';
 
 /** Retransmission for requests a DNS answer waits on: must fit inside the DNS hook's deadline. */
 const FAST: RetransmitPolicy = { initialMs: 250, maxMs: 1000, tries: 4 };
 const KEEPALIVE_RETRY: RetransmitPolicy = { initialMs: 1000, maxMs: 4000, tries: 3 };
+/** A direct Tunnel Request gives up after 1.75 s, so that the relay fallback still fits the DNS deadline. */
+const DIRECT_FIRST_TRY: RetransmitPolicy = { initialMs: 250, maxMs: 500, tries: 4 };
 
 export interface Registered {
   name: string;
@@ -48,6 +50,7 @@ export class DaemonCounters {
   reRegistrations = 0;
   directions = 0;
   directionsFailed = 0;
+  relayFallbacks = 0;
   routeDirections = 0;
   ignoredMessages = 0;
 }
@@ -106,6 +109,7 @@ export class RouterDaemon {
         await this.direct(peerName);
       },
       retransmit: FAST,
+      directRetransmit: DIRECT_FIRST_TRY,
       log: (l) => this.log(l),
     });
     this.api = new ApiServer(config.socketPath, {
@@ -131,7 +135,7 @@ export class RouterDaemon {
     this.dnsHook = new DnsHook({
       address: c.dns.address,
       port: c.dns.port,
-      domains: c.dns.domains,
+      domains: [...new Set([...c.dns.domains, ...c.general.viaRelay])],
       timeoutMs: c.dns.timeoutMs,
       resolve: (name, signal) => this.resolveName(name, signal),
       onError: (e) => this.log(`dns: ${(e as Error).message ?? String(e)}`),
@@ -289,6 +293,7 @@ export class RouterDaemon {
   private keyFor(keyClass: number, keyId: number): Buffer | undefined {
     if (keyClass === KeyClass.ntmdc) return this.session?.keyId === keyId ? this.session.key : undefined;
     if (keyClass === KeyClass.tun) return this.tunnels.ktun(keyId);
+    if (keyClass === KeyClass.path) return this.tunnels.pathKey(keyId);
     return undefined;
   }
 
@@ -302,6 +307,10 @@ export class RouterDaemon {
     }
     if (message.type === 'tunnelRequest' && m.key.keyClass === KeyClass.tun) {
       this.tunnels.onTunnelRequest(m, message.body);
+      return;
+    }
+    if (message.type === 'pathProbe' && m.key.keyClass === KeyClass.path) {
+      this.tunnels.onPathProbe(m, message.body);
       return;
     }
     this.counters.ignoredMessages++;
@@ -320,13 +329,24 @@ export class RouterDaemon {
     return r === null ? null : addrs(this.shown(r.vip4), r.vip6);
   }
 
-  /** Direction Request → Route Direction → tunnel ready; the target's VIPs, or null if unknown. */
-  private async direct(name: string, signal?: AbortSignal): Promise<{ vip4: string | null; vip6: string | null } | null> {
+  /** A general host this router reaches through an RS (config general.viaRelay)? */
+  private viaRelay(name: string): boolean {
+    return this.config.general.viaRelay.some((d) => name === d || name.endsWith(`.${d}`));
+  }
+
+  /**
+   * Direction Request → Route Direction → tunnel ready; the target's VIPs (for a general host
+   * behind an RS, its real addresses), or null if unknown. A direct route whose tunnel cannot
+   * be set up in time (a firewall between the ends, a NAT the DC misjudged) is asked for again
+   * through a relay.
+   */
+  private async direct(name: string, signal?: AbortSignal, relay = false): Promise<{ vip4: string | null; vip6: string | null } | null> {
     if (this.state !== 'ready') throw new Error(`not registered yet (${this.state}${this.lastError ? `: ${this.lastError}` : ''})`);
     this.counters.directions++;
+    const flags = (relay ? DirectionFlags.relay : 0) | (this.viaRelay(name) ? DirectionFlags.general : 0);
     let answer: Incoming;
     try {
-      answer = await this.channel.request('directionRequest', { source: this.config.name, target: name, flags: 0 }, this.dcKey(), this.dc!, FAST);
+      answer = await this.channel.request('directionRequest', { source: this.config.name, target: name, flags }, this.dcKey(), this.dc!, FAST);
     } catch (e) {
       this.counters.directionsFailed++;
       throw e instanceof RequestTimeout ? new Error(`direction for ${name}: the DC does not answer`) : e;
@@ -341,7 +361,16 @@ export class RouterDaemon {
     if (msg.type !== 'routeDirection') throw new Error(`direction for ${name}: answered with ${msg.type}`);
     this.counters.routeDirections++;
     this.channel.reply(answer, 'ntmAck', { inReplyTo: answer.envelope.messageId, status: Status.ok, reason: '' });
-    const peer = await this.tunnels.onRouteDirection(msg.body, this.config.dns.timeoutMs);
+    const isDirect = msg.body.path === PathKind.direct && !this.tunnels.peers.has(msg.body.peerNode);
+    let peer: PeerInfo;
+    try {
+      peer = await this.tunnels.onRouteDirection(msg.body, isDirect ? Math.min(2000, this.config.dns.timeoutMs) : this.config.dns.timeoutMs);
+    } catch (e) {
+      if (!isDirect || relay || !(e instanceof RequestTimeout || e instanceof TunnelSetupError) || signal?.aborted) throw e;
+      this.counters.relayFallbacks++;
+      this.log(`direction for ${name}: the direct path failed (${(e as Error).message}): asking for a relay`);
+      return this.direct(name, signal, true);
+    }
     return peer.names.get(name) ?? { vip4: msg.body.peerVip4, vip6: msg.body.peerVip6 };
   }
 
@@ -437,7 +466,8 @@ function peerView(p: PeerInfo): object {
     node: p.route.peerNode,
     names: Object.fromEntries(p.names),
     path,
-    route: p.route.initiator ? 'direct (we initiated)' : 'direct (peer initiated)',
+    route: routeText(p),
+    relayObserved: p.relayObserved === null ? null : formatEndpoint(p.relayObserved),
     txBytes: t.stats.txBytes,
     rxBytes: t.stats.rxBytes,
     txPackets: t.stats.txPackets,
@@ -446,6 +476,19 @@ function peerView(p: PeerInfo): object {
     lastRx: t.stats.lastRx || null,
     rekeys: p.rekeys,
   };
+}
+
+function routeText(p: PeerInfo): string {
+  switch (p.path) {
+    case 'relay':
+      return `relay via ${p.route.via}`;
+    case 'upgraded':
+      return `direct (upgraded from relay via ${p.route.via})`;
+    case 'gateway':
+      return `gateway via ${p.route.via}`;
+    default:
+      return p.route.initiator ? 'direct (we initiated)' : 'direct (peer initiated)';
+  }
 }
 
 function inPrefix(address: string, network: string, len: number): boolean {

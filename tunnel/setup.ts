@@ -8,11 +8,11 @@
 import { randomBytes } from 'node:crypto';
 import { isIP } from 'node:net';
 import { type ControlChannel, type Incoming, type RetransmitPolicy } from '../protocol/channel.js';
-import { KeyClass, Role, Status, statusName, type Body, type WireEndpoint } from '../protocol/control.js';
+import { HOLE_PUNCH_PAD, KeyClass, PathKind, Role, Status, statusName, type Body, type WireEndpoint } from '../protocol/control.js';
 import { decodeSockaddr, encodeSockaddr } from '../protocol/endpoint.js';
 import { InboundSa, OutboundSa, SPI_MIN, type EspSuite } from '../protocol/esp.js';
 import { ipv4ToNumber, ipv6ToBytes } from '../protocol/ip.js';
-import { confirmationMatches, deriveKmncn, deriveSaKeys, generateX25519, keyConfirmation, suiteFromCode, SUITE_CODES, x25519, type Transcript, type X25519Pair } from '../protocol/keys.js';
+import { confirmationMatches, deriveKmncn, derivePathKey, deriveSaKeys, generateX25519, keyConfirmation, suiteFromCode, SUITE_CODES, x25519, type Transcript, type X25519Pair } from '../protocol/keys.js';
 import { Tunnel, type TunnelTable } from './table.js';
 
 export interface Route {
@@ -30,7 +30,16 @@ export interface Route {
   peerVips6: string[];
   peerEndpoint: WireEndpoint | null;
   peerPublicKey: Buffer;
+  /** PathKind: direct, relay (peerEndpoint is the RS), gateway (the RS is the far end). */
+  path: number;
+  /** On a relayed route: the peer's endpoint as its DC saw it (a direct path to try). */
+  peerCandidate: WireEndpoint | null;
+  /** The RS's name on relay and gateway paths. */
+  via: string;
 }
+
+/** Where a tunnel's packets go now. */
+export type PathState = 'direct' | 'relay' | 'upgraded' | 'gateway';
 
 export interface PeerInfo {
   tunnel: Tunnel;
@@ -39,6 +48,11 @@ export interface PeerInfo {
   names: Map<string, { vip4: string | null; vip6: string | null }>;
   keyedAt: number;
   rekeys: number;
+  path: PathState;
+  /** Kpath: the tunnel's own control key (path probes), from Kmncn; only the two ends have it. */
+  pathKey: Buffer;
+  /** Where the RS saw us (its Hole Punching Ack), on a relayed path. */
+  relayObserved: WireEndpoint | null;
 }
 
 export class TunnelSetupError extends Error {
@@ -58,6 +72,10 @@ export interface TunnelManagerOptions {
   /** Asks the DCs for a new route to a peer whose route expired (the rekey then runs on it). */
   renew: (peerName: string) => Promise<void>;
   retransmit?: RetransmitPolicy;
+  /** Tunnel Request on a direct path: short, so that the fallback to a relay fits the DNS deadline. */
+  directRetransmit?: RetransmitPolicy;
+  /** Path probes towards a direct candidate (how long to try before staying on the relay). */
+  probeRetransmit?: RetransmitPolicy;
   log: (line: string) => void;
 }
 
@@ -66,6 +84,12 @@ export class TunnelCounters {
   rekeys = 0;
   requestsRefused = 0;
   confirmFailed = 0;
+  holePunches = 0;
+  holePunchFailed = 0;
+  upgradeAttempts = 0;
+  upgrades = 0;
+  upgradeFailed = 0;
+  pathProbesAnswered = 0;
 }
 
 export class TunnelManager {
@@ -116,10 +140,17 @@ export class TunnelManager {
       peerVips6: b.peerVips6,
       peerEndpoint: b.peerEndpoint,
       peerPublicKey: b.peerPublicKey,
+      path: b.path,
+      peerCandidate: b.peerCandidate,
+      via: b.via,
     };
     this.routes.set(route.routeId, route);
-    this.o.log(`route ${route.routeId}: ${route.initiator ? 'initiator' : 'responder'} towards ${route.peerName} (${route.peerNode}) at ${fmt(route.peerEndpoint)}`);
+    const how = route.path === PathKind.relay ? ` through relay ${route.via}` : route.path === PathKind.gateway ? ` (gateway ${route.via})` : '';
+    this.o.log(`route ${route.routeId}: ${route.initiator ? 'initiator' : 'responder'} towards ${route.peerName} (${route.peerNode}) at ${fmt(route.peerEndpoint)}${how}`);
     if (route.initiator) return this.initiate(route);
+    // Relayed responder: teach the RS our NAT mapping now, so that it can forward the Tunnel
+    // Request to us when the initiator sends it.
+    if (route.path === PathKind.relay) void this.punch(route).catch((e: Error) => this.o.log(`route ${route.routeId}: ${e.message}`));
     const existing = this.peers.get(route.peerNode);
     if (existing?.route.routeId === route.routeId) return existing;
     return new Promise((resolve, reject) => {
@@ -143,16 +174,21 @@ export class TunnelManager {
 
   private async runInitiate(route: Route): Promise<PeerInfo> {
     if (route.peerEndpoint === null) throw new TunnelSetupError(`route ${route.routeId}: no endpoint for ${route.peerNode}`);
+    // A tunnel that left its relay for a direct path rekeys on that path: the RS may have let
+    // the idle route go.
+    const current = this.peers.get(route.peerNode);
+    const upgraded = current !== undefined && current.path === 'upgraded' && current.route.routeId === route.routeId && current.tunnel.endpoint !== null;
+    if (route.path === PathKind.relay && !upgraded) await this.punch(route);
     const eph = generateX25519();
     const spi = this.freshSpi();
     const nonce = randomBytes(32);
-    const to = encodeSockaddr(route.peerEndpoint.address, route.peerEndpoint.port);
+    const to = upgraded ? Buffer.from(current.tunnel.endpoint!) : encodeSockaddr(route.peerEndpoint.address, route.peerEndpoint.port);
     const answer = await this.o.channel.request(
       'tunnelRequest',
       { routeId: route.routeId, node: this.o.nodeName, suite: SUITE_CODES[this.o.suite], spi, ephemeral: eph.publicKey, nonce },
       { keyClass: KeyClass.tun, keyId: route.routeId, key: route.ktun },
       to,
-      this.o.retransmit,
+      route.path === PathKind.direct && current === undefined ? (this.o.directRetransmit ?? this.o.retransmit) : this.o.retransmit,
     );
     if (answer.message.type !== 'tunnelResponse') throw new TunnelSetupError(`route ${route.routeId}: answered with ${answer.message.type}`);
     const r = answer.message.body;
@@ -166,7 +202,7 @@ export class TunnelManager {
     const keys = deriveSaKeys(kmncn, this.o.suite);
     const inbound = new InboundSa({ spi, suite: this.o.suite, ...keys.r2i });
     const outbound = new OutboundSa({ spi: r.spi, suite: this.o.suite, ...keys.i2r });
-    return this.install(route, inbound, outbound, answer.from, true);
+    return this.install(route, inbound, outbound, answer.from, true, derivePathKey(kmncn));
   }
 
   /** Responder: a Tunnel Request (already authenticated with the route's Ktun by the channel). */
@@ -197,7 +233,7 @@ export class TunnelManager {
     // Answer first (the channel remembers the answer for duplicates), then install: the
     // initiator only sends data after it has the answer.
     this.o.channel.reply(m, 'tunnelResponse', { inReplyTo: m.envelope.messageId, status: Status.ok, routeId: route.routeId, spi, ephemeral: eph.publicKey, nonce, confirm: keyConfirmation(kmncn, t) });
-    void this.install(route, inbound, outbound, m.from, false).then(
+    void this.install(route, inbound, outbound, m.from, false, derivePathKey(kmncn)).then(
       (p) => {
         const w = this.waiting.get(route.routeId);
         if (w) {
@@ -210,20 +246,25 @@ export class TunnelManager {
     );
   }
 
-  private async install(route: Route, inbound: InboundSa, outbound: OutboundSa, from: Buffer, initiator: boolean): Promise<PeerInfo> {
+  private async install(route: Route, inbound: InboundSa, outbound: OutboundSa, from: Buffer, initiator: boolean, pathKey: Buffer): Promise<PeerInfo> {
     const { table } = this.o;
     let peer = this.peers.get(route.peerNode);
     const vips = [...route.peerVips4, ...route.peerVips6];
+    const path: PathState = route.path === PathKind.relay ? 'relay' : route.path === PathKind.gateway ? 'gateway' : 'direct';
     if (peer === undefined) {
       const tunnel = new Tunnel(route.peerNode, null, null, outbound, inbound, Buffer.from(from), 20);
       table.add(tunnel);
-      peer = { tunnel, route, names: new Map(), keyedAt: this.o.now(), rekeys: 0 };
+      peer = { tunnel, route, names: new Map(), keyedAt: this.o.now(), rekeys: 0, path, pathKey, relayObserved: null };
       this.peers.set(route.peerNode, peer);
       this.counters.established++;
-      this.o.log(`tunnel to ${route.peerNode} up (${initiator ? 'we initiated' : 'peer initiated'}), endpoint ${fmtSockaddr(from)}`);
+      this.o.log(`tunnel to ${route.peerNode} up (${initiator ? 'we initiated' : 'peer initiated'}), endpoint ${fmtSockaddr(from)}${path === 'relay' ? ` (relay ${route.via})` : ''}`);
     } else {
       table.rekey(peer.tunnel, inbound, outbound, initiator);
+      // A rekey on the direct path a relayed tunnel moved to keeps that path.
+      const stayDirect = peer.path === 'upgraded' && peer.route.routeId === route.routeId;
       peer.tunnel.endpoint = Buffer.from(from);
+      if (!stayDirect) peer.path = path;
+      peer.pathKey = pathKey;
       peer.route = route;
       peer.keyedAt = this.o.now();
       peer.rekeys++;
@@ -238,7 +279,80 @@ export class TunnelManager {
     for (const v of route.peerVips6) if (!table.addVip6(peer.tunnel, ipv6ToBytes(v))) this.o.log(`VIP ${v} of ${route.peerNode} is already another tunnel's`);
     peer.names.set(route.peerName, { vip4: route.peerVip4, vip6: route.peerVip6 });
     await this.o.onVips(vips.filter((v) => isIP(v)));
+    if (peer.path === 'relay' && route.peerCandidate !== null) {
+      const p = peer;
+      void this.upgrade(p, route).catch((e: Error) => this.o.log(`route ${route.routeId}: direct path: ${e.message}`));
+    }
     return peer;
+  }
+
+  /** Hole Punching to the route's RS from our own port: the RS learns our NAT mapping. */
+  private async punch(route: Route): Promise<void> {
+    const rs = encodeSockaddr(route.peerEndpoint!.address, route.peerEndpoint!.port);
+    let answer: Incoming;
+    try {
+      answer = await this.o.channel.request('holePunching', { routeId: route.routeId, node: this.o.nodeName, pad: HOLE_PUNCH_PAD }, { keyClass: KeyClass.tun, keyId: route.routeId, key: route.ktun }, rs, this.o.retransmit);
+    } catch (e) {
+      this.counters.holePunchFailed++;
+      throw new TunnelSetupError(`route ${route.routeId}: relay ${route.via} at ${fmt(route.peerEndpoint)} does not answer Hole Punching (${(e as Error).message})`);
+    }
+    if (answer.message.type !== 'holePunchingAck') throw new TunnelSetupError(`route ${route.routeId}: relay answered Hole Punching with ${answer.message.type}`);
+    this.counters.holePunches++;
+    const observed = answer.message.body.observed;
+    const peer = this.peers.get(route.peerNode);
+    if (peer !== undefined) peer.relayObserved = observed;
+    this.o.log(`route ${route.routeId}: relay ${route.via} sees us at ${fmt(observed)}`);
+  }
+
+  /**
+   * From the relay to a direct path (docs/relay.md, like ICE): both ends probe the peer's
+   * candidate under Kpath, which opens each one's own NAT for the other; the initiator, once a
+   * probe is answered, commits, and both move the tunnel to the direct path. No answer (a
+   * symmetric NAT): the tunnel stays on the relay.
+   */
+  private async upgrade(peer: PeerInfo, route: Route): Promise<void> {
+    const candidate = encodeSockaddr(route.peerCandidate!.address, route.peerCandidate!.port);
+    const key = (): { keyClass: number; keyId: number; key: Buffer } => ({ keyClass: KeyClass.path, keyId: peer.tunnel.outbound.spi, key: peer.pathKey });
+    const policy = this.o.probeRetransmit ?? { initialMs: 250, maxMs: 1000, tries: 8 };
+    this.counters.upgradeAttempts++;
+    let ack: Incoming;
+    try {
+      ack = await this.o.channel.request('pathProbe', { commit: 0, pad: '' }, key(), candidate, policy);
+    } catch {
+      if (route.initiator) this.counters.upgradeFailed++;
+      this.o.log(`route ${route.routeId}: no direct path to ${route.peerNode} at ${fmt(route.peerCandidate)}: staying on relay ${route.via}`);
+      return;
+    }
+    if (!route.initiator || peer.route !== route || peer.path !== 'relay') return;
+    const commit = await this.o.channel.request('pathProbe', { commit: 1, pad: '' }, key(), ack.from, policy);
+    if (peer.route !== route) return;
+    peer.tunnel.endpoint = Buffer.from(commit.from);
+    peer.path = 'upgraded';
+    this.counters.upgrades++;
+    this.o.log(`tunnel to ${route.peerNode}: moved from relay ${route.via} to the direct path ${fmtSockaddr(commit.from)}`);
+  }
+
+  /** Kpath of the tunnel whose inbound SPI is `spi` (the key ID of path probes sent to us). */
+  pathKey(spi: number): Buffer | undefined {
+    for (const p of this.peers.values()) if (p.tunnel.inboundFor(spi) !== null) return p.pathKey;
+    return undefined;
+  }
+
+  /** A path probe (authenticated under Kpath by the channel): answer it; a commit moves the tunnel. */
+  onPathProbe(m: Incoming, b: Body<'pathProbe'>): void {
+    const peer = [...this.peers.values()].find((p) => p.tunnel.inboundFor(m.key.keyId) !== null);
+    if (peer === undefined) return;
+    if (b.commit === 1 && (peer.path === 'relay' || peer.path === 'upgraded')) {
+      peer.tunnel.endpoint = Buffer.from(m.from);
+      if (peer.path === 'relay') {
+        this.counters.upgrades++;
+        this.o.log(`tunnel to ${peer.route.peerNode}: moved from relay ${peer.route.via} to the direct path ${fmtSockaddr(m.from)} (peer's commit)`);
+      }
+      peer.path = 'upgraded';
+    }
+    this.counters.pathProbesAnswered++;
+    const e = decodeSockaddr(m.from);
+    this.o.channel.reply(m, 'pathProbeAck', { inReplyTo: m.envelope.messageId, observed: { address: e.address, port: e.port } });
   }
 
   private freshSpi(): number {

@@ -80,6 +80,7 @@ async function main(): Promise<void> {
       peerPublicKey: randomBytes(32),
       path: 0,
       peerCandidate: null,
+      via: '',
     };
     const datagrams = [keyId, (keyId + 1) >>> 0].map((id) =>
       frame(sealMessage('routeDirection', body, { keyClass: KeyClass.ntmdc, keyId: id, messageId: newMessageId(), timestamp: Date.now() }, randomBytes(32))),

@@ -393,6 +393,7 @@ export class DirectionCoordinator {
       peerPublicKey: cn.publicKey,
       path: PathKind.direct,
       peerCandidate: null,
+      via: '',
     };
     const toCn: Body<'routeDirection'> = {
       inReplyTo: 0n,
@@ -412,6 +413,7 @@ export class DirectionCoordinator {
       peerPublicKey: mn.publicKey,
       path: PathKind.direct,
       peerCandidate: null,
+      via: '',
     };
     if (this.config.verbose) console.error(`dc ${this.config.zone}: route ${routeId} ${b.source} → ${b.target}: ${decision.case}, ${decision.initiator} initiates`);
     try {

@@ -1,0 +1,57 @@
+// The router's configuration file (router/config.ts): defaults, the general-host policy, and a
+// clear error naming the setting for every kind of bad input.
+import t from 'tap';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { parseRouterConfig, RouterConfigError } from '../router/config.js';
+
+const dir = mkdtempSync(path.join(os.tmpdir(), 'ntm-router-config-'));
+writeFileSync(path.join(dir, 'pw'), 'secret\n', { mode: 0o600 });
+
+const MIN = {
+  name: 'ra.fleet1.test',
+  account: { email: 'ra@fleet1.test', passwordFile: 'pw' },
+  as: { url: 'https://198.18.0.10:8443', ca: 'ca.crt' },
+};
+
+function parse(extra: Record<string, unknown>): ReturnType<typeof parseRouterConfig> {
+  return parseRouterConfig(JSON.stringify({ ...MIN, ...extra }), dir);
+}
+
+t.test('defaults', async (t) => {
+  const c = parse({});
+  t.equal(c.account.password, 'secret', 'password read from passwordFile, trimmed');
+  t.equal(c.as.caFile, `${dir}/ca.crt`, 'relative paths are relative to the config file');
+  t.strictSame(c.dns.domains, ['fleet1.test'], 'the DNS hook answers the router’s own zone by default');
+  t.strictSame(c.general, { viaRelay: [] }, 'no general host goes through a relay unless configured');
+  t.equal(c.rekeyAfterSeconds, 1800);
+  t.equal(c.listen.port, 4500);
+  t.equal(c.mapPool4, '10.255.255.0/24');
+});
+
+t.test('general.viaRelay', async (t) => {
+  const c = parse({ general: { viaRelay: ['general.test', 'cloud.example.org'] } });
+  t.strictSame(c.general.viaRelay, ['general.test', 'cloud.example.org']);
+});
+
+t.test('bad input: a RouterConfigError that names the setting', async (t) => {
+  const cases: [Record<string, unknown> | string, RegExp][] = [
+    ['{', /not valid JSON/],
+    [{ general: { viaRelay: ['Not A Name'] } }, /general\.viaRelay\[0\]: "Not A Name" is not a lower-case DNS name/],
+    [{ general: { viaRelay: 'general.test' } }, /general\.viaRelay: want a list of strings/],
+    [{ general: { relay: ['x.test'] } }, /general\.relay: unknown setting/],
+    [{ general: [] }, /general: want an object/],
+    [{ colour: 'blue' }, /colour: unknown setting/],
+    [{ rekeyAfterSeconds: 1 }, /rekeyAfterSeconds: 1 is not an integer in 2\.\.86400/],
+    [{ suite: 'des' }, /suite: "des"/],
+    [{ as: { url: 'http://x', ca: 'c' } }, /as\.url: "http:\/\/x" must be an https:\/\/ URL/],
+    [{ dc: { 'fleet1.test': 'nowhere' } }, /dc\.fleet1\.test: want an IP address/],
+    [{ tun: { name: 'a-very-long-tun-name' } }, /tun\.name: .* longer than 15/],
+  ];
+  for (const [input, re] of cases) {
+    const text = typeof input === 'string' ? input : JSON.stringify({ ...MIN, ...input });
+    t.throws(() => parseRouterConfig(text, dir), RouterConfigError, `${JSON.stringify(input)} → RouterConfigError`);
+    t.throws(() => parseRouterConfig(text, dir), re, `${JSON.stringify(input)} → ${re}`);
+  }
+});
