@@ -105,8 +105,8 @@ export class RouterDaemon {
       rekeyAfterSeconds: config.rekeyAfterSeconds,
       onVips: (vips) => this.routeVips(vips),
       now,
-      renew: async (peerName) => {
-        await this.direct(peerName);
+      renew: async (peerName, relay) => {
+        await this.direct(peerName, undefined, relay);
       },
       retransmit: FAST,
       directRetransmit: DIRECT_FIRST_TRY,
@@ -351,7 +351,9 @@ export class RouterDaemon {
       this.counters.directionsFailed++;
       throw e instanceof RequestTimeout ? new Error(`direction for ${name}: the DC does not answer`) : e;
     }
-    if (signal?.aborted) throw new Error(`direction for ${name}: abandoned`);
+    // Even when the DNS hook gave up waiting (signal aborted), the direction goes on: the Route
+    // Direction is acknowledged and the tunnel built, so that the client's retry finds it ready
+    // and no route is left half-made at the DC, the RS and the peer.
     const msg = answer.message;
     if (msg.type === 'ntmAck') {
       this.counters.directionsFailed++;
@@ -366,7 +368,7 @@ export class RouterDaemon {
     try {
       peer = await this.tunnels.onRouteDirection(msg.body, isDirect ? Math.min(2000, this.config.dns.timeoutMs) : this.config.dns.timeoutMs);
     } catch (e) {
-      if (!isDirect || relay || !(e instanceof RequestTimeout || e instanceof TunnelSetupError) || signal?.aborted) throw e;
+      if (!isDirect || relay || !(e instanceof RequestTimeout || e instanceof TunnelSetupError)) throw e;
       this.counters.relayFallbacks++;
       this.log(`direction for ${name}: the direct path failed (${(e as Error).message}): asking for a relay`);
       return this.direct(name, signal, true);
@@ -467,7 +469,7 @@ function peerView(p: PeerInfo): object {
     names: Object.fromEntries(p.names),
     path,
     route: routeText(p),
-    relayObserved: p.relayObserved === null ? null : formatEndpoint(p.relayObserved),
+    relayObserved: p.route.relayObserved === null ? null : formatEndpoint(p.route.relayObserved),
     txBytes: t.stats.txBytes,
     rxBytes: t.stats.rxBytes,
     txPackets: t.stats.txPackets,

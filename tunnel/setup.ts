@@ -36,6 +36,8 @@ export interface Route {
   peerCandidate: WireEndpoint | null;
   /** The RS's name on relay and gateway paths. */
   via: string;
+  /** Where the RS saw us (its Hole Punching Ack), on a relayed path. */
+  relayObserved: WireEndpoint | null;
 }
 
 /** Where a tunnel's packets go now. */
@@ -51,8 +53,6 @@ export interface PeerInfo {
   path: PathState;
   /** Kpath: the tunnel's own control key (path probes), from Kmncn; only the two ends have it. */
   pathKey: Buffer;
-  /** Where the RS saw us (its Hole Punching Ack), on a relayed path. */
-  relayObserved: WireEndpoint | null;
 }
 
 export class TunnelSetupError extends Error {
@@ -69,8 +69,11 @@ export interface TunnelManagerOptions {
   /** Adds the routes for a new peer VIP through the TUN (and any LAN translation for it). */
   onVips: (vips: string[]) => Promise<void>;
   now: () => number;
-  /** Asks the DCs for a new route to a peer whose route expired (the rekey then runs on it). */
-  renew: (peerName: string) => Promise<void>;
+  /**
+   * Asks the DCs for a new route to a peer whose route expired (the rekey then runs on it);
+   * `relay`: the tunnel runs through a relay now, so ask for one again.
+   */
+  renew: (peerName: string, relay: boolean) => Promise<void>;
   retransmit?: RetransmitPolicy;
   /** Tunnel Request on a direct path: short, so that the fallback to a relay fits the DNS deadline. */
   directRetransmit?: RetransmitPolicy;
@@ -143,6 +146,7 @@ export class TunnelManager {
       path: b.path,
       peerCandidate: b.peerCandidate,
       via: b.via,
+      relayObserved: null,
     };
     this.routes.set(route.routeId, route);
     const how = route.path === PathKind.relay ? ` through relay ${route.via}` : route.path === PathKind.gateway ? ` (gateway ${route.via})` : '';
@@ -254,7 +258,7 @@ export class TunnelManager {
     if (peer === undefined) {
       const tunnel = new Tunnel(route.peerNode, null, null, outbound, inbound, Buffer.from(from), 20);
       table.add(tunnel);
-      peer = { tunnel, route, names: new Map(), keyedAt: this.o.now(), rekeys: 0, path, pathKey, relayObserved: null };
+      peer = { tunnel, route, names: new Map(), keyedAt: this.o.now(), rekeys: 0, path, pathKey };
       this.peers.set(route.peerNode, peer);
       this.counters.established++;
       this.o.log(`tunnel to ${route.peerNode} up (${initiator ? 'we initiated' : 'peer initiated'}), endpoint ${fmtSockaddr(from)}${path === 'relay' ? ` (relay ${route.via})` : ''}`);
@@ -299,8 +303,7 @@ export class TunnelManager {
     if (answer.message.type !== 'holePunchingAck') throw new TunnelSetupError(`route ${route.routeId}: relay answered Hole Punching with ${answer.message.type}`);
     this.counters.holePunches++;
     const observed = answer.message.body.observed;
-    const peer = this.peers.get(route.peerNode);
-    if (peer !== undefined) peer.relayObserved = observed;
+    route.relayObserved = observed;
     this.o.log(`route ${route.routeId}: relay ${route.via} sees us at ${fmt(observed)}`);
   }
 
@@ -332,9 +335,15 @@ export class TunnelManager {
     this.o.log(`tunnel to ${route.peerNode}: moved from relay ${route.via} to the direct path ${fmtSockaddr(commit.from)}`);
   }
 
-  /** Kpath of the tunnel whose inbound SPI is `spi` (the key ID of path probes sent to us). */
+  /**
+   * Kpath of the tunnel a path probe names: probes carry the receiver's inbound SPI as key ID,
+   * and their answers come back under the same ID, which is then our outbound SPI.
+   */
   pathKey(spi: number): Buffer | undefined {
-    for (const p of this.peers.values()) if (p.tunnel.inboundFor(spi) !== null) return p.pathKey;
+    for (const p of this.peers.values()) {
+      const t = p.tunnel;
+      if (t.inboundFor(spi) !== null || t.outbound.spi === spi || t.pendingOutbound?.spi === spi) return p.pathKey;
+    }
     return undefined;
   }
 
@@ -378,7 +387,7 @@ export class TunnelManager {
       }
       this.renewing.add(peer.route.peerNode);
       void this.o
-        .renew(peer.route.peerName)
+        .renew(peer.route.peerName, peer.path === 'relay' || peer.path === 'upgraded')
         .catch((e: Error) => this.o.log(`rekey of ${peer.route.peerNode}: new direction failed: ${e.message}`))
         .finally(() => this.renewing.delete(peer.route.peerNode));
     }
