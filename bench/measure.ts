@@ -147,6 +147,8 @@ export interface Iperf3Options {
   omit?: number;
   /** Extra time allowed beyond `seconds` before giving up (default 20 s). */
   graceMs?: number;
+  /** The address the server binds when the client reaches it at another one (behind a NAT, a VIP). */
+  serverBind?: string;
 }
 
 export interface Iperf3Result {
@@ -200,8 +202,9 @@ async function killAndWait(child: ChildProcess, ms = 2000): Promise<void> {
 }
 
 /**
- * One iperf3 run: server (`iperf3 -s -1`) in `nsServer` bound to `serverAddr`,
- * client in `nsClient`, JSON output parsed from the client.
+ * One iperf3 run: server (`iperf3 -s -1`) in `nsServer` bound to `serverAddr`
+ * (or `opts.serverBind`), client in `nsClient` connecting to `serverAddr`, JSON
+ * output parsed from the client.
  */
 export async function iperf3(
   nsServer: string,
@@ -211,7 +214,7 @@ export async function iperf3(
   opts: Iperf3Options = {},
 ): Promise<Iperf3Result> {
   const port = String(opts.port ?? 5201);
-  const server = spawn('ip', ['netns', 'exec', nsServer, 'iperf3', '-s', '-1', '--forceflush', '-B', serverAddr, '-p', port], {
+  const server = spawn('ip', ['netns', 'exec', nsServer, 'iperf3', '-s', '-1', '--forceflush', '-B', opts.serverBind ?? serverAddr, '-p', port], {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let serverOut = '';

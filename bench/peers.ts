@@ -222,11 +222,11 @@ interface Ctx {
 
 async function withTeardown(
   name: string,
-  ns: PeerNamespaces,
+  workDir: string,
   body: (ctx: Ctx, t: string) => Promise<{ innerA: string; innerB: string }>,
 ): Promise<PeerTunnel> {
   const t = tag();
-  const ctx: Ctx = { dir: makeWorkDir(ns.workDir, name, t), daemons: [], links: [], cleanups: [] };
+  const ctx: Ctx = { dir: makeWorkDir(workDir, name, t), daemons: [], links: [], cleanups: [] };
   let stopped: Promise<void> | undefined;
   const stop = (): Promise<void> =>
     (stopped ??= (async () => {
@@ -268,7 +268,7 @@ export const WG_PORT = 51820;
 export const WG_INNER = { a: '10.200.0.1', b: '10.200.0.2', prefix: 24 };
 
 export const wireguardGo: PeerSetup = (ns) =>
-  withTeardown('wireguard-go', ns, async (ctx, t) => {
+  withTeardown('wireguard-go', ns.workDir, async (ctx, t) => {
     requireBinaries('wireguardGo');
     const env = {
       // Foreground so the pid we hold is the daemon; never fall back to the kernel module.
@@ -386,7 +386,7 @@ function nebulaConfig(dir: string, host: string, dev: string, extra: Record<stri
 
 /** Two static hosts (no lighthouse), each knowing the other's underlay address. */
 export const nebula: PeerSetup = (ns) =>
-  withTeardown('nebula', ns, async (ctx, t) => {
+  withTeardown('nebula', ns.workDir, async (ctx, t) => {
     requireBinaries('nebula');
     const side = [
       { key: 'a', ns: ns.a, dev: `nb${t}a`, under: ns.underlayA, inner: NEBULA_INNER.a },
@@ -436,7 +436,7 @@ export const NEBULA_RELAY_LINKS = {
  * goes a -> relay -> b. The shared-link addresses in `ns` are not used.
  */
 export const nebulaRelay: PeerSetup = (ns) =>
-  withTeardown('nebula-relay', ns, async (ctx, t) => {
+  withTeardown('nebula-relay', ns.workDir, async (ctx, t) => {
     requireBinaries('nebula');
     const relayNs = `nbrelay-${t}-${process.pid}`;
     await run('ip', ['netns', 'add', relayNs]);
@@ -460,49 +460,83 @@ export const nebulaRelay: PeerSetup = (ns) =>
       await run('ip', ['-n', relayNs, 'link', 'set', relayDev, 'up']);
       await run('ip', ['-n', hostNs, 'link', 'set', hostDev, 'up']);
     }
-    const I = NEBULA_RELAY_INNER;
-    await nebulaPki(ctx.dir, [
-      { name: 'a', ip: I.a, prefix: I.prefix },
-      { name: 'b', ip: I.b, prefix: I.prefix },
-      { name: 'relay', ip: I.relay, prefix: I.prefix },
-    ]);
-    const relayCfg = nebulaConfig(ctx.dir, 'relay', `nb${t}r`, {
-      lighthouse: { am_lighthouse: true, interval: 10 },
-      relay: { am_relay: true, use_relays: false },
-      listen: { host: '0.0.0.0', port: NEBULA_PORT },
+    return startNebulaViaRelay(ctx, t, {
+      a: { ns: ns.a, listen: L.a.self, relay: L.a.relay },
+      b: { ns: ns.b, listen: L.b.self, relay: L.b.relay },
+      relay: { ns: relayNs },
     });
-    const rd = startDaemon(`nebula relay ${relayNs}`, relayNs, 'nebula', ['-config', relayCfg], join(ctx.dir, 'relay.log'));
-    ctx.daemons.push(rd);
-    await waitExeced(rd, 'nebula');
-    for (const [key, hostNs] of [
-      ['a', ns.a],
-      ['b', ns.b],
-    ] as const) {
-      const dev = `nb${t}${key}`;
-      const cfg = nebulaConfig(ctx.dir, key, dev, {
-        static_host_map: { [I.relay]: [`${L[key].relay}:${NEBULA_PORT}`] },
-        lighthouse: { am_lighthouse: false, hosts: [I.relay], interval: 10 },
-        relay: { relays: [I.relay], use_relays: true, am_relay: false },
-        listen: { host: L[key].self, port: NEBULA_PORT },
-      });
-      const d = startDaemon(`nebula ${hostNs}`, hostNs, 'nebula', ['-config', cfg], join(ctx.dir, `${key}.log`));
-      ctx.daemons.push(d);
-      ctx.links.push({ ns: hostNs, dev });
-      await waitExeced(d, 'nebula');
-    }
-    // pids are reported a, b, then the relay.
-    ctx.daemons.push(ctx.daemons.shift()!);
-    await waitReady(
-      'nebula-relay',
-      [
-        { ns: ns.a, addr: I.b },
-        { ns: ns.b, addr: I.a },
-      ],
-      ctx.daemons,
-      READY_TIMEOUT_MS * 2,
-    );
-    return { innerA: I.a, innerB: I.b };
   });
+
+/** Where nebula runs for a relayed pair: each end's namespace, the address its nebula binds and the relay's address as that end reaches it; the relay's namespace. */
+export interface NebulaRelayPlaces {
+  a: { ns: string; listen: string; relay: string };
+  b: { ns: string; listen: string; relay: string };
+  relay: { ns: string };
+  /** The ends tell the lighthouse no local addresses: peers only learn where the lighthouse saw them (ends behind NATs). */
+  hideLocalAddresses?: boolean;
+}
+
+/**
+ * Nebula through a relay between namespaces that exist already, e.g. two routers behind NATs and
+ * a host on a lab's Internet (bench/relay.ts): the same three daemons as nebulaRelay, no links of
+ * its own. Whether a and b could also reach each other directly is the topology's business.
+ */
+export function nebulaRelayAt(places: NebulaRelayPlaces, workDir: string): Promise<PeerTunnel> {
+  return withTeardown('nebula-relay', workDir, async (ctx, t) => {
+    requireBinaries('nebula');
+    return startNebulaViaRelay(ctx, t, places);
+  });
+}
+
+/** The relay (lighthouse, am_relay) and the two ends (use_relays), up and answering inner pings. */
+async function startNebulaViaRelay(ctx: Ctx, t: string, p: NebulaRelayPlaces): Promise<{ innerA: string; innerB: string }> {
+  const I = NEBULA_RELAY_INNER;
+  await nebulaPki(ctx.dir, [
+    { name: 'a', ip: I.a, prefix: I.prefix },
+    { name: 'b', ip: I.b, prefix: I.prefix },
+    { name: 'relay', ip: I.relay, prefix: I.prefix },
+  ]);
+  const relayCfg = nebulaConfig(ctx.dir, 'relay', `nb${t}r`, {
+    lighthouse: { am_lighthouse: true, interval: 10 },
+    relay: { am_relay: true, use_relays: false },
+    listen: { host: '0.0.0.0', port: NEBULA_PORT },
+  });
+  const rd = startDaemon(`nebula relay ${p.relay.ns}`, p.relay.ns, 'nebula', ['-config', relayCfg], join(ctx.dir, 'relay.log'));
+  ctx.daemons.push(rd);
+  ctx.links.push({ ns: p.relay.ns, dev: `nb${t}r` });
+  await waitExeced(rd, 'nebula');
+  for (const key of ['a', 'b'] as const) {
+    const end = p[key];
+    const dev = `nb${t}${key}`;
+    const cfg = nebulaConfig(ctx.dir, key, dev, {
+      static_host_map: { [I.relay]: [`${end.relay}:${NEBULA_PORT}`] },
+      lighthouse: {
+        am_lighthouse: false,
+        hosts: [I.relay],
+        interval: 10,
+        ...(p.hideLocalAddresses ? { local_allow_list: { '0.0.0.0/0': false, '::/0': false } } : {}),
+      },
+      relay: { relays: [I.relay], use_relays: true, am_relay: false },
+      listen: { host: end.listen, port: NEBULA_PORT },
+    });
+    const d = startDaemon(`nebula ${end.ns}`, end.ns, 'nebula', ['-config', cfg], join(ctx.dir, `${key}.log`));
+    ctx.daemons.push(d);
+    ctx.links.push({ ns: end.ns, dev });
+    await waitExeced(d, 'nebula');
+  }
+  // pids are reported a, b, then the relay.
+  ctx.daemons.push(ctx.daemons.shift()!);
+  await waitReady(
+    'nebula-relay',
+    [
+      { ns: p.a.ns, addr: I.b },
+      { ns: p.b.ns, addr: I.a },
+    ],
+    ctx.daemons,
+    READY_TIMEOUT_MS * 2,
+  );
+  return { innerA: I.a, innerB: I.b };
+}
 
 /* ------------------------------------------------------------------ */
 /* OpenVPN                                                             */
@@ -545,7 +579,7 @@ async function openvpnPki(dir: string): Promise<void> {
  * channel, userspace data path (--disable-dco) like the other peers.
  */
 export const openvpn: PeerSetup = (ns) =>
-  withTeardown('openvpn', ns, async (ctx, t) => {
+  withTeardown('openvpn', ns.workDir, async (ctx, t) => {
     requireBinaries('openvpn');
     await openvpnPki(ctx.dir);
     const p = (f: string): string => join(ctx.dir, f);

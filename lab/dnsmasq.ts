@@ -22,8 +22,8 @@ export interface DnsmasqOptions {
   forward: { domain: string; server: string }[];
   /** servers for every other name ('addr' or 'addr#port'); none: other names are refused */
   upstream?: string[];
-  /** fixed A/AAAA records, name → address */
-  hosts?: Record<string, string>;
+  /** fixed A/AAAA records, name → address (or addresses: one IPv4 and/or one IPv6) */
+  hosts?: Record<string, string | string[]>;
   /** ms to wait until dnsmasq answers (default 5000) */
   startTimeoutMs?: number;
 }
@@ -83,10 +83,16 @@ function dnsmasqConf(opts: DnsmasqOptions, files: { logFile: string; pidFile: st
     lines.push(`server=/${checkDomain(`forward[${i}].domain`, f.domain)}/${checkServer(`forward[${i}].server`, f.server)}`);
   });
   (opts.upstream ?? []).forEach((s, i) => lines.push(`server=${checkServer(`upstream[${i}]`, s)}`));
-  for (const [name, addr] of Object.entries(opts.hosts ?? {})) {
+  for (const [name, addrs] of Object.entries(opts.hosts ?? {})) {
     checkDomain(`hosts["${name}"]`, name);
-    if (!isIP(addr)) throw new Error(`dnsmasq: hosts["${name}"]: "${addr}" is not an IP address`);
-    lines.push(`host-record=${name},${addr}`);
+    const list = typeof addrs === 'string' ? [addrs] : addrs;
+    if (list.length === 0) throw new Error(`dnsmasq: hosts["${name}"]: want at least one address`);
+    for (const a of list) if (!isIP(a)) throw new Error(`dnsmasq: hosts["${name}"]: "${a}" is not an IP address`);
+    // host-record takes at most one address of each family
+    if (list.filter((a) => isIP(a) === 4).length > 1 || list.filter((a) => isIP(a) === 6).length > 1) {
+      throw new Error(`dnsmasq: hosts["${name}"]: at most one IPv4 and one IPv6 address`);
+    }
+    lines.push(`host-record=${name},${list.join(',')}`);
   }
   return `${lines.join('\n')}\n`;
 }

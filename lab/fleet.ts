@@ -1,31 +1,55 @@
 // The control-plane scenario (issue: AS, two DCs, two routers with LANs): on the testbed's
-// Internet an AS, DC1 for fleet1.test, DC2 for fleet2.test and a resolver (dnsmasq forwarding
-// each zone to its DC, as the public DNS delegation would); router A (ra.fleet1.test) with LAN
-// host a1, router B (rb.fleet2.test) with LAN hosts b1 (not published) and b2 (published as
-// b2.rb.fleet2.test); each LAN's DNS is dnsmasq on its router, forwarding the NTMobile zones to
-// the router daemon's DNS hook. Every part is the real program, in its own namespace.
+// Internet an AS, DC1 for fleet1.test, DC2 for fleet2.test, a Relay Server rs1.relay.test that
+// both DCs list, a general web server `web` (www.general.test, no NTMobile) and a resolver
+// (dnsmasq forwarding each zone to its DC, as the public DNS delegation would, and answering
+// www.general.test); router A (ra.fleet1.test) with LAN host a1, router B (rb.fleet2.test) with LAN
+// hosts b1 (not published) and b2 (published as b2.rb.fleet2.test); each LAN's DNS is dnsmasq on
+// its router, forwarding the NTMobile zones and general.test (reached through the RS) to the
+// router daemon's DNS hook. Every part is the real program, in its own namespace.
 
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { RS_PORT, RS_TLS_PORT } from '../protocol/discovery.js';
 import { generateX25519, rawPrivate } from '../protocol/keys.js';
 import { AccountStore } from '../servers/as/store.js';
+import type { RsStatus } from '../servers/rs/rs.js';
 import { apiCall } from '../router/api.js';
 import { startDnsmasq } from './dnsmasq.js';
 import { type Host, type Lab } from './lab.js';
 import { createPki } from './pki.js';
 import { startProgram, type Program } from './program.js';
-import { internetWithNats, type Site } from './topology.js';
+import { internetWithNats, type Site, type SiteNat } from './topology.js';
 
 const DIST = fileURLToPath(new URL('..', import.meta.url));
 export const ROUTER_CLI = path.join(DIST, 'router/cli.js');
 const DC_CLI = path.join(DIST, 'servers/dc/cli.js');
 const AS_CLI = path.join(DIST, 'servers/as/cli.js');
+const RS_CLI = path.join(DIST, 'servers/rs/cli.js');
 
-/** Where the two routers sit (ARCHITECTURE §3 route cases). */
-export type FleetCase = 'no-nat' | 'a-nat' | 'b-nat' | 'same-nat';
+/**
+ * Where the two routers sit. The direct route cases of ARCHITECTURE §3, and the cases that need
+ * the RS (docs/relay.md): 'both-eim' (A and B behind two endpoint-independent NATs: relayed, then
+ * upgraded to direct), 'both-sym' (behind two symmetric NATs: stays relayed), 'v4-v6' (A behind an
+ * EIM NAT with IPv4 only, B on a global site with an IPv6 address only).
+ */
+export type FleetCase = 'no-nat' | 'a-nat' | 'b-nat' | 'same-nat' | 'both-eim' | 'both-sym' | 'v4-v6';
+/** The direct cases. */
 export const FLEET_CASES: FleetCase[] = ['no-nat', 'a-nat', 'b-nat', 'same-nat'];
+/** The cases whose route goes through the RS. */
+export const RELAY_CASES: FleetCase[] = ['both-eim', 'both-sym', 'v4-v6'];
+
+/** Each case's sites: NAT of A's and B's site, B in A's site, B with IPv6 only; and in words. */
+const PLACES: Record<FleetCase, { a: SiteNat; b: SiteNat; sameSite?: true; bIpv6Only?: true; text: string }> = {
+  'no-nat': { a: 'none', b: 'none', text: 'router A and router B with global addresses' },
+  'a-nat': { a: 'eim', b: 'none', text: 'router A behind a NAT, router B with a global address' },
+  'b-nat': { a: 'none', b: 'eim', text: 'router A with a global address, router B behind a NAT' },
+  'same-nat': { a: 'eim', b: 'none', sameSite: true, text: 'router A and router B behind the same NAT' },
+  'both-eim': { a: 'eim', b: 'eim', text: 'router A and router B behind two endpoint-independent NATs' },
+  'both-sym': { a: 'symmetric', b: 'symmetric', text: 'router A and router B behind two symmetric NATs' },
+  'v4-v6': { a: 'eim', b: 'none', bIpv6Only: true, text: 'router A behind a NAT (IPv4 only), router B with a global IPv6 address only' },
+};
 
 export const NAMES = {
   zoneA: 'fleet1.test',
@@ -33,6 +57,10 @@ export const NAMES = {
   ra: 'ra.fleet1.test',
   rb: 'rb.fleet2.test',
   b2: 'b2.rb.fleet2.test',
+  rs1: 'rs1.relay.test',
+  /** The routers reach names under this domain through an RS (general.viaRelay). */
+  general: 'general.test',
+  web: 'www.general.test',
 };
 
 export const LAN = {
@@ -53,20 +81,38 @@ export interface FleetRouter {
   api(cmd: string, args?: Record<string, unknown>): Promise<unknown>;
 }
 
+export type { RsStatus };
+
+export interface FleetServer {
+  host: Host;
+  program: Program;
+  address: string;
+  address6: string;
+  configPath: string;
+  statusPath: string;
+}
+
 export interface Fleet {
   dir: string;
-  as: { host: Host; program: Program; address: string; storePath: string };
-  dc1: { host: Host; program: Program; address: string; configPath: string; statusPath: string };
-  dc2: { host: Host; program: Program; address: string; configPath: string; statusPath: string };
+  case: FleetCase;
+  as: { host: Host; program: Program; address: string; address6: string; storePath: string };
+  dc1: FleetServer;
+  dc2: FleetServer;
+  /** The Relay Server rs1.relay.test, listed by both DCs. */
+  rs1: FleetServer;
+  /** A general host (no NTMobile) on the Internet: www.general.test; nothing runs on it until a test starts a server. */
+  web: { host: Host; addr: string; addr6: string };
+  /** The resolver's IPv4 and IPv6 addresses. */
   resolver: string;
+  resolver6: string;
   ra: FleetRouter;
   rb: FleetRouter;
   a1: Host;
   b1: Host;
   b2: Host;
-  /** Another host on the testbed's Internet (an attacker, a general server). */
-  addInternetHost(name: string): Promise<{ host: Host; addr: string }>;
-  /** Router A's and B's uplink addresses. */
+  /** Another host on the testbed's Internet (an attacker, a victim, a general server). */
+  addInternetHost(name: string): Promise<{ host: Host; addr: string; addr6: string }>;
+  /** Router A's and B's uplink addresses (router B's IPv6 address in 'v4-v6'). */
   uplinks: { ra: string; rb: string };
   /** Restart a router daemon (a cold start: new login, registration, no tunnels, empty DNS cache). */
   restartRouter(which: 'ra' | 'rb'): Promise<void>;
@@ -74,6 +120,10 @@ export interface Fleet {
   restartDc(which: 'dc1' | 'dc2', downMs?: number): Promise<void>;
   /** The DC's status file (registrations, counters). */
   dcStatus(which: 'dc1' | 'dc2'): Promise<DcStatus>;
+  /** Restart the RS (it forgets its routes and its Kdcrs keys). */
+  restartRs(downMs?: number): Promise<void>;
+  /** The RS's status file (counters, routes with their SPIs). */
+  rsStatus(): Promise<RsStatus>;
   /** Remove the temporary files (the lab removes namespaces and processes). */
   dispose(): void;
 }
@@ -99,29 +149,35 @@ export async function buildFleet(lab: Lab, o: FleetOptions): Promise<Fleet> {
   const say = o.progress ?? (() => undefined);
   const dir = mkdtempSync(path.join(os.tmpdir(), `ntm-fleet-${lab.id}-`));
   lab.setInfo({ fleetDir: dir });
-  const natA = o.case === 'a-nat' || o.case === 'same-nat' ? 'eim' : 'none';
-  const natB = o.case === 'b-nat' ? 'eim' : 'none';
-  say(`testbed: Internet, router A ${natA === 'none' ? 'with a global address' : 'behind a NAT'}, router B ${o.case === 'same-nat' ? 'behind the same NAT as A' : natB === 'none' ? 'with a global address' : 'behind a NAT'}`);
-  const net = await internetWithNats(lab, { aNat: natA, bNat: natB });
+  const place = PLACES[o.case];
+  if (place === undefined) throw new Error(`buildFleet: case "${String(o.case)}": want one of ${[...FLEET_CASES, ...RELAY_CASES].join(', ')}`);
+  say(`testbed: Internet, ${place.text}`);
+  const net = await internetWithNats(lab, { aNat: place.a, bNat: place.b });
 
   const as = await net.addInternetHost('as');
   const dc1 = await net.addInternetHost('dc1');
   const dc2 = await net.addInternetHost('dc2');
   const res = await net.addInternetHost('resolver');
+  const rs = await net.addInternetHost('rs1');
+  // The RS forwards gateway traffic between its TUN device and the Internet, as a router does.
+  await rs.host.setForwarding(true);
+  const web = await net.addInternetHost('web');
 
-  // Operator PKI: AS and DCs authenticate each other with certificates from one CA.
+  // Operator PKI: AS, DCs and RS authenticate each other with certificates from one CA.
   const pki = createPki(path.join(dir, 'pki'));
-  const asCert = pki.issue('as', { role: 'as', ips: [as.addr], dns: ['as.test'] });
+  const asCert = pki.issue('as', { role: 'as', ips: [as.addr, as.addr6], dns: ['as.test'] });
   const dc1Cert = pki.issue('dc1', { role: 'dc', ips: [dc1.addr], dns: [NAMES.zoneA, `dc.${NAMES.zoneA}`] });
   const dc2Cert = pki.issue('dc2', { role: 'dc', ips: [dc2.addr], dns: [NAMES.zoneB, `dc.${NAMES.zoneB}`] });
+  const rsCert = pki.issue('rs1', { role: 'rs', ips: [rs.addr, rs.addr6], dns: [NAMES.rs1] });
 
-  say('resolver: dnsmasq on the Internet delegating fleet1.test and fleet2.test to their DCs');
+  say('resolver: dnsmasq on the Internet delegating fleet1.test and fleet2.test to their DCs, answering www.general.test');
   await startDnsmasq(res.host, {
-    listen: [res.addr],
+    listen: [res.addr, res.addr6],
     forward: [
       { domain: NAMES.zoneA, server: dc1.addr },
       { domain: NAMES.zoneB, server: dc2.addr },
     ],
+    hosts: { [NAMES.web]: [web.addr, web.addr6] },
   });
 
   // The routers' static X25519 keys, bound to their accounts at the AS by the operator.
@@ -142,7 +198,24 @@ export async function buildFleet(lab: Lab, o: FleetOptions): Promise<Fleet> {
   store.bindNames('rb@fleet2.test', [NAMES.rb, NAMES.b2]);
   store.setPublicKey('rb@fleet2.test', keyB.publicKey.toString('base64url'));
 
-  say('servers: AS (HTTPS login), DC1 (fleet1.test), DC2 (fleet2.test)');
+  say(`servers: AS (HTTPS login), DC1 (fleet1.test), DC2 (fleet2.test), RS (${NAMES.rs1})`);
+  const rsConfig = path.join(dir, 'rs1.json');
+  writeFileSync(
+    rsConfig,
+    JSON.stringify({
+      name: NAMES.rs1,
+      listen: { address: '::', port: RS_PORT },
+      tls: { port: RS_TLS_PORT, ca: rsCert.caFile, cert: rsCert.certFile, key: rsCert.keyFile },
+      privateKeyFile: path.join(dir, 'rs1.key'), // made by the RS on its first start
+      gateway: { tun: 'ntmrs0', mtu: 1400, nftTable: 'ntmobile_rs' },
+      idleSeconds: 120,
+    }),
+  );
+  const rsStatusPath = path.join(dir, 'rs1-status.json');
+  const startRs = (): Promise<Program> =>
+    startProgram(lab, rs.host, RS_CLI, ['serve', '--config', rsConfig, '--status', rsStatusPath, ...(o.verbose !== false ? ['--verbose'] : [])], { tag: 'rs1' });
+  const rs1: FleetServer = { host: rs.host, program: await startRs(), address: rs.addr, address6: rs.addr6, configPath: rsConfig, statusPath: rsStatusPath };
+  const relays = [{ name: NAMES.rs1, address: rs.addr, address6: rs.addr6, port: RS_PORT, tlsPort: RS_TLS_PORT }];
   const dcConfig = (zone: string, addr: string, cert: { certFile: string; keyFile: string; caFile: string }, pool4: string, pool6: string): string => {
     const p = path.join(dir, `dc-${zone}.json`);
     writeFileSync(
@@ -158,6 +231,7 @@ export async function buildFleet(lab: Lab, o: FleetOptions): Promise<Fleet> {
         state: path.join(dir, `dc-${zone}-state.json`),
         keepaliveSeconds: 5,
         resolvers: [res.addr],
+        relays,
       }),
     );
     return p;
@@ -166,9 +240,9 @@ export async function buildFleet(lab: Lab, o: FleetOptions): Promise<Fleet> {
   const dc2Config = dcConfig(NAMES.zoneB, dc2.addr, dc2Cert, o.dc2Pool4 ?? '10.78.0.0/16', 'fd4e:544d:2::/64');
   const startDc = (host: Host, config: string, tag: string): Promise<Program> =>
     startProgram(lab, host, DC_CLI, ['serve', '--config', config, '--status', path.join(dir, `${tag}-status.json`), ...(o.verbose !== false ? ['--verbose'] : [])], { tag });
-  const dcs = {
-    dc1: { host: dc1.host, program: await startDc(dc1.host, dc1Config, 'dc1'), address: dc1.addr, configPath: dc1Config, statusPath: path.join(dir, 'dc1-status.json') },
-    dc2: { host: dc2.host, program: await startDc(dc2.host, dc2Config, 'dc2'), address: dc2.addr, configPath: dc2Config, statusPath: path.join(dir, 'dc2-status.json') },
+  const dcs: Record<'dc1' | 'dc2', FleetServer> = {
+    dc1: { host: dc1.host, program: await startDc(dc1.host, dc1Config, 'dc1'), address: dc1.addr, address6: dc1.addr6, configPath: dc1Config, statusPath: path.join(dir, 'dc1-status.json') },
+    dc2: { host: dc2.host, program: await startDc(dc2.host, dc2Config, 'dc2'), address: dc2.addr, address6: dc2.addr6, configPath: dc2Config, statusPath: path.join(dir, 'dc2-status.json') },
   };
   const asConfig = path.join(dir, 'as.json');
   writeFileSync(
@@ -185,11 +259,13 @@ export async function buildFleet(lab: Lab, o: FleetOptions): Promise<Fleet> {
 
   // Router hosts: uplink in their site, a LAN segment with dnsmasq on the router.
   const siteA = net.sites['a']!;
-  const siteB = o.case === 'same-nat' ? siteA : net.sites['b']!;
-  const makeRouter = async (tag: 'ra' | 'rb', site: Site, lanAddr: string, lanHosts: [string, string][]): Promise<{ host: Host; hosts: Record<string, Host>; uplink: string }> => {
+  const siteB = place.sameSite ? siteA : net.sites['b']!;
+  const makeRouter = async (tag: 'ra' | 'rb', site: Site, lanAddr: string, lanHosts: [string, string][], ipv6Only = false): Promise<{ host: Host; hosts: Record<string, Host>; uplink: string }> => {
     const host = await lab.host(tag, { forwarding: true });
     const a = site.allocate();
-    await lab.attach(host, site.segment, { name: 'eth0', addr: a.addr, gateway: a.gateway });
+    if (ipv6Only && (a.address6 === undefined || site.gateway6 === undefined)) throw new Error(`buildFleet: site ${site.name} has no IPv6 (a NAT site)`);
+    const uplink = ipv6Only ? { addr: [`${a.address6}/64`], gateway: [site.gateway6!] } : { addr: a.addr, gateway: a.gateway };
+    await lab.attach(host, site.segment, { name: 'eth0', ...uplink });
     const seg = await lab.segment(`lan-${tag}`);
     await lab.attach(host, seg, { name: 'lan0', addr: `${lanAddr}/24` });
     const hosts: Record<string, Host> = {};
@@ -204,18 +280,29 @@ export async function buildFleet(lab: Lab, o: FleetOptions): Promise<Fleet> {
       forward: [
         { domain: NAMES.zoneA, server: '127.0.0.1#5353' },
         { domain: NAMES.zoneB, server: '127.0.0.1#5353' },
+        { domain: NAMES.general, server: '127.0.0.1#5353' },
       ],
     });
-    return { host, hosts, uplink: a.address };
+    return { host, hosts, uplink: ipv6Only ? a.address6! : a.address };
   };
   const A = await makeRouter('ra', siteA, LAN.ra, [['a1', LAN.a1]]);
-  const B = await makeRouter('rb', siteB, LAN.rb, [
-    ['b1', LAN.b1],
-    ['b2', LAN.b2],
-  ]);
+  const B = await makeRouter(
+    'rb',
+    siteB,
+    LAN.rb,
+    [
+      ['b1', LAN.b1],
+      ['b2', LAN.b2],
+    ],
+    place.bIpv6Only,
+  );
 
   const routerStarts = new Map<FleetRouter, () => Promise<Program>>();
-  const startRouter = async (tag: 'ra' | 'rb', host: Host, name: string, email: string, password: string, publish: object[]): Promise<FleetRouter> => {
+  // How a router reaches the AS, the resolver and its DC. An IPv6-only router uses their IPv6
+  // addresses, and its DC is configured (the NS lookup would answer with the DC's IPv4 address).
+  const reach4 = { as: { url: `https://${as.addr}:8443`, ca: asCert.caFile }, resolvers: [res.addr] };
+  const reach6 = (zone: string, dc6: string): object => ({ as: { url: `https://[${as.addr6}]:8443`, ca: asCert.caFile }, resolvers: [res.addr6], dc: { [zone]: dc6 } });
+  const startRouter = async (tag: 'ra' | 'rb', host: Host, name: string, email: string, password: string, publish: object[], reach: object): Promise<FleetRouter> => {
     const configPath = path.join(dir, `${tag}.json`);
     const socket = path.join(dir, `${tag}.sock`);
     writeFileSync(path.join(dir, `${tag}.password`), `${password}\n`, { mode: 0o600 });
@@ -224,14 +311,14 @@ export async function buildFleet(lab: Lab, o: FleetOptions): Promise<Fleet> {
       JSON.stringify({
         name,
         account: { email, passwordFile: `${tag}.password` },
-        as: { url: `https://${as.addr}:8443`, ca: asCert.caFile },
+        ...reach,
         privateKeyFile: `${tag}.key`,
         listen: { address: '::', port: 4500 },
         tun: { name: 'ntm0', mtu: 1400 },
         lan: { interfaces: ['lan0'] },
         publish,
         dns: { address: '127.0.0.1', port: 5353, domains: [NAMES.zoneA, NAMES.zoneB] },
-        resolvers: [res.addr],
+        general: { viaRelay: [NAMES.general] },
         suite: o.suite ?? 'aes-gcm',
         ...(o.rekeyAfterSeconds ? { rekeyAfterSeconds: o.rekeyAfterSeconds } : {}),
         socketPath: socket,
@@ -245,15 +332,19 @@ export async function buildFleet(lab: Lab, o: FleetOptions): Promise<Fleet> {
     return router;
   };
   say('routers: login at the AS, registration at their DCs');
-  const ra = await startRouter('ra', A.host, NAMES.ra, 'ra@fleet1.test', 'router-a-secret', []);
-  const rb = await startRouter('rb', B.host, NAMES.rb, 'rb@fleet2.test', 'router-b-secret', [{ name: NAMES.b2, address: LAN.b2 }]);
+  const ra = await startRouter('ra', A.host, NAMES.ra, 'ra@fleet1.test', 'router-a-secret', [], reach4);
+  const rb = await startRouter('rb', B.host, NAMES.rb, 'rb@fleet2.test', 'router-b-secret', [{ name: NAMES.b2, address: LAN.b2 }], place.bIpv6Only ? reach6(NAMES.zoneB, dc2.addr6) : reach4);
 
   const fleet: Fleet = {
     dir,
-    as: { host: as.host, program: asProgram, address: as.addr, storePath },
+    case: o.case,
+    as: { host: as.host, program: asProgram, address: as.addr, address6: as.addr6, storePath },
     dc1: dcs.dc1,
     dc2: dcs.dc2,
+    rs1,
+    web: { host: web.host, addr: web.addr, addr6: web.addr6 },
     resolver: res.addr,
+    resolver6: res.addr6,
     ra,
     rb,
     a1: A.hosts['a1']!,
@@ -274,6 +365,14 @@ export async function buildFleet(lab: Lab, o: FleetOptions): Promise<Fleet> {
     },
     async dcStatus(which) {
       return JSON.parse(readFileSync(fleet[which].statusPath, 'utf8')) as DcStatus;
+    },
+    async restartRs(downMs = 0) {
+      await fleet.rs1.program.stop();
+      if (downMs > 0) await new Promise((r) => setTimeout(r, downMs));
+      fleet.rs1.program = await startRs();
+    },
+    async rsStatus() {
+      return JSON.parse(readFileSync(fleet.rs1.statusPath, 'utf8')) as RsStatus;
     },
     dispose() {
       rmSync(dir, { recursive: true, force: true });

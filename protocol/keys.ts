@@ -4,6 +4,8 @@
 // the key confirmation a Tunnel Response carries, and Kdcdc from a TLS exporter (RFC 5705).
 
 import { createHmac, createPrivateKey, createPublicKey, diffieHellman, generateKeyPairSync, hkdfSync, randomBytes, timingSafeEqual, type KeyObject } from 'node:crypto';
+import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { dirname } from 'node:path';
 import { type TLSSocket } from 'node:tls';
 import { ESP_SALT_SIZE, type EspSuite } from './esp.js';
 
@@ -30,6 +32,22 @@ export function x25519FromPrivate(raw: Buffer): X25519Pair {
   if (raw.length !== X25519_KEY_SIZE) throw new KeyError(`X25519 private key: ${raw.length} bytes, want ${X25519_KEY_SIZE}`);
   const privateKey = createPrivateKey({ key: Buffer.concat([PKCS8_PREFIX, raw]), format: 'der', type: 'pkcs8' });
   return { privateKey, publicKey: rawPublic(createPublicKey(privateKey)) };
+}
+
+/**
+ * A static X25519 key (a router's, an RS's): raw 32 bytes, base64, in a 0600 file; made on first
+ * start. Shared by router/ and servers/ (which must not import the router).
+ */
+export function loadOrCreateKey(path: string): X25519Pair {
+  if (existsSync(path)) {
+    const raw = Buffer.from(readFileSync(path, 'utf8').trim(), 'base64');
+    return x25519FromPrivate(raw);
+  }
+  const pair = generateX25519();
+  mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+  writeFileSync(path, `${rawPrivate(pair.privateKey).toString('base64')}\n`, { mode: 0o600 });
+  chmodSync(path, 0o600);
+  return pair;
 }
 
 export function rawPrivate(k: KeyObject): Buffer {

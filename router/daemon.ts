@@ -106,7 +106,7 @@ export class RouterDaemon {
       onVips: (vips) => this.routeVips(vips),
       now,
       renew: async (peerName, relay) => {
-        await this.direct(peerName, undefined, relay);
+        await this.direct(peerName, relay);
       },
       retransmit: FAST,
       directRetransmit: DIRECT_FIRST_TRY,
@@ -137,7 +137,7 @@ export class RouterDaemon {
       port: c.dns.port,
       domains: [...new Set([...c.dns.domains, ...c.general.viaRelay])],
       timeoutMs: c.dns.timeoutMs,
-      resolve: (name, signal) => this.resolveName(name, signal),
+      resolve: (name) => this.resolveName(name),
       onError: (e) => this.log(`dns: ${(e as Error).message ?? String(e)}`),
     });
     await this.dnsHook.start();
@@ -318,14 +318,14 @@ export class RouterDaemon {
 
   // ---- name resolution (the DNS hook's control-plane call) -----------------------------------
 
-  async resolveName(name: string, signal?: AbortSignal): Promise<{ a: string[]; aaaa: string[] } | null> {
+  async resolveName(name: string): Promise<{ a: string[]; aaaa: string[] } | null> {
     const own = this.registered.get(name);
     if (own !== undefined) return addrs(own.vip4, own.vip6);
     for (const p of this.tunnels.peers.values()) {
       const n = p.names.get(name);
       if (n !== undefined && p.route.expiresAt > Date.now() + this.clockOffset) return addrs(this.shown(n.vip4), n.vip6);
     }
-    const r = await this.direct(name, signal);
+    const r = await this.direct(name);
     return r === null ? null : addrs(this.shown(r.vip4), r.vip6);
   }
 
@@ -340,7 +340,7 @@ export class RouterDaemon {
    * be set up in time (a firewall between the ends, a NAT the DC misjudged) is asked for again
    * through a relay.
    */
-  private async direct(name: string, signal?: AbortSignal, relay = false): Promise<{ vip4: string | null; vip6: string | null } | null> {
+  private async direct(name: string, relay = false): Promise<{ vip4: string | null; vip6: string | null } | null> {
     if (this.state !== 'ready') throw new Error(`not registered yet (${this.state}${this.lastError ? `: ${this.lastError}` : ''})`);
     this.counters.directions++;
     const flags = (relay ? DirectionFlags.relay : 0) | (this.viaRelay(name) ? DirectionFlags.general : 0);
@@ -351,7 +351,7 @@ export class RouterDaemon {
       this.counters.directionsFailed++;
       throw e instanceof RequestTimeout ? new Error(`direction for ${name}: the DC does not answer`) : e;
     }
-    // Even when the DNS hook gave up waiting (signal aborted), the direction goes on: the Route
+    // Even when the DNS hook gave up waiting, the direction goes on: the Route
     // Direction is acknowledged and the tunnel built, so that the client's retry finds it ready
     // and no route is left half-made at the DC, the RS and the peer.
     const msg = answer.message;
@@ -371,7 +371,7 @@ export class RouterDaemon {
       if (!isDirect || relay || !(e instanceof RequestTimeout || e instanceof TunnelSetupError)) throw e;
       this.counters.relayFallbacks++;
       this.log(`direction for ${name}: the direct path failed (${(e as Error).message}): asking for a relay`);
-      return this.direct(name, signal, true);
+      return this.direct(name, true);
     }
     return peer.names.get(name) ?? { vip4: msg.body.peerVip4, vip6: msg.body.peerVip6 };
   }

@@ -72,25 +72,35 @@ export function writeMessage<N extends MessageName>(socket: tls.TLSSocket, type:
   return messageId;
 }
 
-/** Sends one message and waits for the first message back (an NTM ACK, typically). */
-export function tlsRequest<N extends MessageName>(socket: tls.TLSSocket, type: N, body: Body<N>, timeoutMs = 5000): Promise<ControlMessage> {
+/**
+ * Waits for the next message on the stream (first contact with an RS: its Relay Hello). Rejects
+ * when none comes within timeoutMs, the stream ends first, or what comes is not a message.
+ */
+export function readMessage(socket: tls.TLSSocket, timeoutMs = 5000, what = 'TLS stream'): Promise<ControlMessage> {
   return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`${type}: no answer within ${timeoutMs} ms`)), timeoutMs);
+    let done = false;
+    const finish = (e: Error | null, m?: ControlMessage): void => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      socket.off('close', onClose);
+      if (e) reject(e);
+      else resolve(m!);
+    };
+    const timer = setTimeout(() => finish(new Error(`${what}: no answer within ${timeoutMs} ms`)), timeoutMs);
+    const onClose = (): void => finish(new Error(`${what}: connection closed before an answer`));
     onMessages(
       socket,
-      (m) => {
-        clearTimeout(timer);
-        resolve(m);
-      },
-      (e) => {
-        clearTimeout(timer);
-        reject(e);
-      },
+      (m) => finish(null, m),
+      (e) => finish(e),
     );
-    socket.once('close', () => {
-      clearTimeout(timer);
-      reject(new Error(`${type}: connection closed before an answer`));
-    });
-    writeMessage(socket, type, body);
+    socket.once('close', onClose);
   });
+}
+
+/** Sends one message and waits for the first message back (an NTM ACK, typically). */
+export function tlsRequest<N extends MessageName>(socket: tls.TLSSocket, type: N, body: Body<N>, timeoutMs = 5000): Promise<ControlMessage> {
+  const answer = readMessage(socket, timeoutMs, type);
+  writeMessage(socket, type, body);
+  return answer;
 }

@@ -7,13 +7,15 @@ import { ESP_MAX_OVERHEAD } from '../protocol/esp.js';
 import { EngineCounters } from './counters.js';
 import { Inside } from './inside.js';
 import { PacketBatch, type DatagramSocket, type PacketDevice } from './io.js';
-import { Outside, type ControlHandler } from './outside.js';
+import { Outside, type ControlHandler, type ForeignEsp } from './outside.js';
 import { type TunnelTable } from './table.js';
 
 export interface EngineOptions {
   /** Packets per batch each way. */
   batchSize?: number;
   onControl?: ControlHandler;
+  /** ESP whose SPI is not in the table goes here instead of being dropped (the RS's relay forwarding). */
+  foreignEsp?: ForeignEsp;
   /** Milliseconds; tests pass a fake clock. */
   now?: () => number;
 }
@@ -37,7 +39,7 @@ export class Engine {
     const innerSlot = Math.min(MAX_INNER, device.mtu);
     const now = opts.now ?? Date.now;
     this.inside = new Inside(table, socket, new PacketBatch(batchSize, align(innerSlot + ESP_MAX_OVERHEAD)), this.counters, now);
-    this.outside = new Outside(table, device, new PacketBatch(batchSize, align(innerSlot)), this.counters, now, opts.onControl ?? null);
+    this.outside = new Outside(table, device, new PacketBatch(batchSize, align(innerSlot)), this.counters, now, opts.onControl ?? null, opts.foreignEsp ?? null);
   }
 
   start(): void {

@@ -11,6 +11,20 @@ import { type Tunnel, type TunnelTable } from './table.js';
 /** Receives control messages (copied out of the batch) with the sender's sockaddr. */
 export type ControlHandler = (message: Buffer, from: Buffer) => void;
 
+/**
+ * Where ESP goes whose SPI is in no tunnel of the table, instead of being dropped as unknown: the
+ * RS's relay forwarding shares the one UDP port with its gateway tunnels (servers/rs). Called
+ * synchronously per datagram with views into the receive batch (valid only during the call: copy
+ * what is kept); flush() once at the end of every received batch, to send what forward() queued.
+ */
+export interface ForeignEsp {
+  /** ESP datagram in buf[start, start + length); its source's sockaddr at addrs[addrAt, addrAt + SOCKADDR_SIZE). */
+  forward(buf: Buffer, start: number, length: number, addrs: Buffer, addrAt: number): void;
+  flush(): void;
+  /** A NAT keepalive (counted as inKeepalives either way) from the sockaddr at addrs[addrAt]. */
+  keepalive?(addrs: Buffer, addrAt: number): void;
+}
+
 export class Outside {
   constructor(
     private readonly table: TunnelTable,
@@ -19,6 +33,7 @@ export class Outside {
     private readonly counters: EngineCounters,
     private readonly now: () => number,
     private readonly onControl: ControlHandler | null,
+    private readonly foreign: ForeignEsp | null = null,
   ) {}
 
   handle(batch: PacketBatch): void {
@@ -32,6 +47,7 @@ export class Outside {
       const kind = classifyDatagram(buf, start, length);
       if (kind === DatagramKind.keepalive) {
         counters.inKeepalives++;
+        if (this.foreign?.keepalive) this.foreign.keepalive(batch.addrs, i * SOCKADDR_SIZE);
         continue;
       }
       if (kind === DatagramKind.control) {
@@ -49,7 +65,8 @@ export class Outside {
       const spi = buf.readUInt32BE(start);
       const tunnel = table.bySpiLookup(spi);
       if (tunnel === undefined) {
-        counters.inDropUnknownSpi++;
+        if (this.foreign !== null) this.foreign.forward(buf, start, length, batch.addrs, i * SOCKADDR_SIZE);
+        else counters.inDropUnknownSpi++;
         continue;
       }
       const slot = out.count;
@@ -82,6 +99,7 @@ export class Outside {
       const written = this.device.write(out);
       counters.inDropWriteFailed += out.count - written;
     }
+    if (this.foreign !== null) this.foreign.flush();
   }
 
   /**

@@ -3,11 +3,17 @@
 //   login URL CA EMAIL PASSWORD                 → {"status": 401, ...}
 //   register URL CA EMAIL PASSWORD DC NAME      → logs in legitimately, registers someone else's NAME
 //   forge ADDR PORT KEYID                       → a Route Direction under a made-up Kntmdc
+// These send from one socket of the attacker's own (any port) and print, after a second of
+// listening, {"sent", "bytesSent", "answers", "bytesReceived"}: datagrams and bytes each way.
 //   replay ADDR PORT HEX...                     → resends captured datagrams as they are
+//   esp ADDR PORT SPI COUNT [SIZE]              → COUNT ESP-looking datagrams of SIZE bytes (default
+//                                                 200) under that SPI, sequence numbers 1..COUNT
+//   punch ADDR PORT ROUTEID NODE                → a Hole Punching for a route and node, under a
+//                                                 made-up Ktun
 
 import { createSocket } from 'node:dgram';
 import { randomBytes } from 'node:crypto';
-import { Role, KeyClass, readHeader, openMessage, sealMessage, statusName } from '../../protocol/control.js';
+import { HOLE_PUNCH_PAD, Role, KeyClass, readHeader, openMessage, sealMessage, statusName } from '../../protocol/control.js';
 import { NON_ESP_MARKER_SIZE } from '../../protocol/demux.js';
 import { newMessageId } from '../../protocol/channel.js';
 import { login, LoginError } from '../../router/login.js';
@@ -29,6 +35,19 @@ function send(addr: string, port: number, datagrams: Buffer[], waitMs: number): 
 
 function frame(sealed: Buffer): Buffer {
   return Buffer.concat([Buffer.alloc(NON_ESP_MARKER_SIZE), sealed]);
+}
+
+/** Sends the datagrams and prints what came back. */
+async function exchange(addr: string, port: number, datagrams: Buffer[]): Promise<void> {
+  const answers = await send(addr, port, datagrams, 1000);
+  const bytes = (l: Buffer[]): number => l.reduce((n, d) => n + d.length, 0);
+  console.log(JSON.stringify({ sent: datagrams.length, bytesSent: bytes(datagrams), answers: answers.length, bytesReceived: bytes(answers) }));
+}
+
+function uint(text: string | undefined, what: string, max: number): number {
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < 0 || n > max) throw new Error(`${what}: "${text ?? ''}" is not an integer in 0..${max}`);
+  return n;
 }
 
 async function main(): Promise<void> {
@@ -90,9 +109,32 @@ async function main(): Promise<void> {
     return;
   }
   if (cmd === 'replay') {
-    const datagrams = a.slice(2).map((h) => Buffer.from(h, 'hex'));
-    const answers = await send(a[0]!, Number(a[1]), datagrams, 1000);
-    console.log(JSON.stringify({ sent: datagrams.length, answers: answers.length }));
+    await exchange(a[0]!, uint(a[1], 'PORT', 65535), a.slice(2).map((h) => Buffer.from(h, 'hex')));
+    return;
+  }
+  if (cmd === 'esp') {
+    const spi = uint(a[2], 'SPI', 0xffffffff);
+    const count = uint(a[3], 'COUNT', 100_000);
+    const size = a[4] === undefined ? 200 : uint(a[4], 'SIZE', 1400);
+    if (size < 64) throw new Error(`SIZE ${size}: want at least 64 (an ESP header, IV, trailer and ICV)`);
+    const datagrams = Array.from({ length: count }, (_, i) => {
+      const d = randomBytes(size);
+      d.writeUInt32BE(spi, 0);
+      d.writeUInt32BE(i + 1, 4);
+      return d;
+    });
+    await exchange(a[0]!, uint(a[1], 'PORT', 65535), datagrams);
+    return;
+  }
+  if (cmd === 'punch') {
+    const routeId = uint(a[2], 'ROUTEID', 0xffffffff);
+    const sealed = sealMessage(
+      'holePunching',
+      { routeId, node: a[3]!, pad: HOLE_PUNCH_PAD },
+      { keyClass: KeyClass.tun, keyId: routeId, messageId: newMessageId(), timestamp: Date.now() },
+      randomBytes(32),
+    );
+    await exchange(a[0]!, uint(a[1], 'PORT', 65535), [frame(sealed)]);
     return;
   }
   throw new Error(`unknown command ${cmd ?? ''}; see the header of lab/tools/attacker.ts`);

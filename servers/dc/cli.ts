@@ -2,10 +2,9 @@
 // `ntmobile-dc serve --config FILE`: one Direction Coordinator. `status` prints what it holds.
 
 import { readFileSync, writeFileSync } from 'node:fs';
-import { isIP } from 'node:net';
 import { parseArgs } from 'node:util';
-import { isDnsName } from '../../protocol/control.js';
-import { DC_DEFAULTS, DirectionCoordinator, type DcConfig } from './dc.js';
+import { ConfigError, parseDcConfig } from './config.js';
+import { DirectionCoordinator } from './dc.js';
 
 const USAGE = `Usage: ntmobile-dc serve --config FILE [--status FILE] [--verbose]
 
@@ -17,13 +16,19 @@ Config (JSON):
   nsName          its host name, answered as the zone's NS, e.g. "dc.fleet1.test" (required)
   publicAddress   the address nodes, DCs and the AS reach it at (NS glue)        (required)
   listen          { "address": "::", "port": 4500 }       UDP control port
-  tls             { "port": 4501, "ca", "cert", "key" }   mutual TLS (AS, other DCs)
+  tls             { "port": 4501, "ca", "cert", "key" }   mutual TLS (AS, other DCs, RSs)
   dns             { "address", "port": 53 } or null       authoritative DNS for the zone
   pool            { "ipv4": "10.77.0.0/16", "ipv6": "fd4e:544d:1::/64" }   VIP pools
   state           state file (keys, VIPs, registrations; kept 0600)         (required)
   keepaliveSeconds (20), expireAfterKeepalives (3), routeLifetimeSeconds (3600)
-  resolvers       DNS servers for finding other DCs by NS record (["198.18.0.53"])
+  resolvers       DNS servers for finding other DCs by NS record and general hosts' addresses
+                  (["198.18.0.53"])
   dc              fixed addresses of other zones' DCs: { "fleet2.test": "198.18.0.20" }
+  relays          Relay Servers for routes that cannot go direct and for general hosts (default none):
+                  [{ "name": "rs1.relay.test", "address": "198.18.0.14", "address6": "2001:db8::e",
+                     "port": 4600, "tlsPort": 4601 }]
+                  name: a DNS name in the RS's certificate (OU rs); address (IPv4) and/or address6
+                  (IPv6); port and tlsPort default to 4600 and 4601
 
 Options:
   --status FILE   write counters and registrations as JSON to FILE every second
@@ -32,65 +37,6 @@ Signals: SIGINT/SIGTERM stop; SIGUSR1 prints the status.
 `;
 
 class UsageError extends Error {}
-
-function obj(v: unknown, f: string): Record<string, unknown> {
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new UsageError(`${f}: want an object`);
-  return v as Record<string, unknown>;
-}
-
-function str(o: Record<string, unknown>, k: string, f: string, def?: string): string {
-  const v = o[k] ?? def;
-  if (typeof v !== 'string' || !v) throw new UsageError(`${f}${k}: want a string${def === undefined ? ' (required)' : ''}`);
-  return v;
-}
-
-function int(o: Record<string, unknown>, k: string, f: string, def: number, min: number, max: number): number {
-  const v = o[k] ?? def;
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) throw new UsageError(`${f}${k}: ${JSON.stringify(v)} is not an integer in ${min}..${max}`);
-  return v;
-}
-
-export function parseDcConfig(text: string): DcConfig {
-  let d: Record<string, unknown>;
-  try {
-    d = obj(JSON.parse(text), 'config');
-  } catch (e) {
-    if (e instanceof UsageError) throw e;
-    throw new UsageError(`config: not valid JSON (${(e as Error).message})`);
-  }
-  const known = ['zone', 'nsName', 'publicAddress', 'listen', 'tls', 'dns', 'pool', 'state', 'keepaliveSeconds', 'expireAfterKeepalives', 'routeLifetimeSeconds', 'resolvers', 'dc'];
-  for (const k of Object.keys(d)) if (!known.includes(k)) throw new UsageError(`${k}: unknown setting (known: ${known.join(', ')})`);
-  const zone = str(d, 'zone', '');
-  const nsName = str(d, 'nsName', '');
-  if (!isDnsName(zone)) throw new UsageError(`zone: "${zone}" is not a lower-case DNS name`);
-  if (!isDnsName(nsName)) throw new UsageError(`nsName: "${nsName}" is not a lower-case DNS name`);
-  const publicAddress = str(d, 'publicAddress', '');
-  if (!isIP(publicAddress)) throw new UsageError(`publicAddress: "${publicAddress}" is not an IP address`);
-  const listen = obj(d.listen ?? {}, 'listen');
-  const tls = obj(d.tls, 'tls');
-  const pool = obj(d.pool ?? {}, 'pool');
-  const dns = d.dns === null ? null : obj(d.dns ?? {}, 'dns');
-  const resolvers = d.resolvers ?? [];
-  if (!Array.isArray(resolvers) || resolvers.some((r) => typeof r !== 'string')) throw new UsageError('resolvers: want a list of addresses');
-  const dc = obj(d.dc ?? {}, 'dc');
-  for (const [z, a] of Object.entries(dc)) if (typeof a !== 'string' || !isIP(a)) throw new UsageError(`dc.${z}: want an IP address`);
-  return {
-    zone,
-    nsName,
-    publicAddress,
-    listen: { address: str(listen, 'address', 'listen.', '::'), port: int(listen, 'port', 'listen.', 4500, 0, 65535) },
-    tls: { port: int(tls, 'port', 'tls.', 4501, 0, 65535), caFile: str(tls, 'ca', 'tls.'), certFile: str(tls, 'cert', 'tls.'), keyFile: str(tls, 'key', 'tls.') },
-    dns: dns === null ? null : { address: str(dns, 'address', 'dns.', publicAddress), port: int(dns, 'port', 'dns.', 53, 0, 65535) },
-    pool: { ipv4: str(pool, 'ipv4', 'pool.', '10.77.0.0/16'), ipv6: str(pool, 'ipv6', 'pool.', 'fd4e:544d:1::/64') },
-    statePath: str(d, 'state', ''),
-    keepaliveSeconds: int(d, 'keepaliveSeconds', '', DC_DEFAULTS.keepaliveSeconds, 1, 3600),
-    expireAfterKeepalives: int(d, 'expireAfterKeepalives', '', DC_DEFAULTS.expireAfterKeepalives, 1, 100),
-    routeLifetimeSeconds: int(d, 'routeLifetimeSeconds', '', DC_DEFAULTS.routeLifetimeSeconds, 10, 86400 * 7),
-    discovery: { resolvers: resolvers as string[], override: dc as Record<string, string> },
-    peerControlPort: DC_DEFAULTS.peerControlPort,
-    peerTlsPort: DC_DEFAULTS.peerTlsPort,
-  };
-}
 
 async function main(): Promise<void> {
   const [command, ...rest] = process.argv.slice(2);
@@ -128,5 +74,5 @@ async function main(): Promise<void> {
 
 main().catch((e: Error) => {
   process.stderr.write(`ntmobile-dc: ${e.message}\n`);
-  process.exit(e instanceof UsageError || (e as NodeJS.ErrnoException).code?.startsWith('ERR_PARSE_ARGS') ? 2 : 1);
+  process.exit(e instanceof UsageError || e instanceof ConfigError || (e as NodeJS.ErrnoException).code?.startsWith('ERR_PARSE_ARGS') ? 2 : 1);
 });

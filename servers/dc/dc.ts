@@ -2,23 +2,29 @@
 // reported addresses, keepalives), answers DNS for the zone, and directs every new tunnel:
 // a Direction Request from MN → Node Information from CN's DC (over Kdcdc) → a Route Direction
 // to each end (responder first, so it holds Ktun before the Tunnel Request arrives), each
-// acknowledged by an NTM ACK. Key Distribution from the AS arrives over mutual TLS.
+// acknowledged by an NTM ACK. Key Distribution from the AS arrives over mutual TLS. Routes that
+// cannot go direct, and routes to general (non-NTMobile) hosts, go through a Relay Server
+// (docs/relay.md): the DC picks one, hands it the route over Kdcrs, then directs the ends to it.
 
+import { Resolver } from 'node:dns/promises';
+import { isIP } from 'node:net';
 import { createServer as createTlsServer, type Server as TlsServer, type TLSSocket } from 'node:tls';
 import { ControlChannel, RequestTimeout, type Incoming, type RetransmitPolicy } from '../../protocol/channel.js';
-import { KeyClass, PathKind, Role, Status, statusName, ZERO_KEY, type Body, type WireEndpoint } from '../../protocol/control.js';
+import { DirectionFlags, KeyClass, PathKind, Role, Status, statusName, ZERO_KEY, type Body, type WireEndpoint } from '../../protocol/control.js';
 import { decodeSockaddr, encodeSockaddr } from '../../protocol/endpoint.js';
 import { DC_CONTROL_PORT, DC_TLS_PORT, type DiscoveryOptions } from '../../protocol/discovery.js';
 import { randomId32, randomKey } from '../../protocol/keys.js';
 import { UdpSocket } from '../../netlink/udp.js';
 import { classifyDatagram, DatagramKind } from '../../protocol/demux.js';
 import { SOCKADDR_SIZE } from '../../tunnel/io.js';
+import { ipv6ToBytes } from '../../protocol/ip.js';
 import { peerIdentity } from '../identity.js';
 import { onMessages, tlsContextOptions, writeMessage, type TlsFiles } from '../tls.js';
 import { DnsServer } from './dns-server.js';
-import { PeerDcs } from './peers.js';
+import { NoDcError, PeerDcs } from './peers.js';
 import { Registry, type PoolConfig } from './registry.js';
-import { decideRoute } from './route.js';
+import { familyOf, pickRelays, relayControlAddress, relayEndpoint, relayHas, RelayServers, type RelayConfig, type RelayKey } from './relays.js';
+import { decideRoute, relayPlan } from './route.js';
 
 export interface DcConfig {
   zone: string;
@@ -39,12 +45,21 @@ export interface DcConfig {
   /** UDP control port of other DCs (the well-known port unless a deployment changes it). */
   peerControlPort: number;
   peerTlsPort: number;
+  /** Relay Servers for routes that cannot go direct and for general hosts (none: such routes fail). */
+  relays?: RelayConfig[];
   retransmit?: RetransmitPolicy;
   verbose?: boolean;
 }
 
 /** DC ↔ DC requests: a short first try, so that a peer that lost Kdcdc is re-contacted quickly. */
 const PEER_RETRANSMIT: RetransmitPolicy = { initialMs: 250, maxMs: 500, tries: 3 };
+/** DC → RS directions: as short, so that a restarted RS is re-contacted, or the next one tried, quickly. */
+const RELAY_RETRANSMIT: RetransmitPolicy = { initialMs: 250, maxMs: 500, tries: 3 };
+/** At most this many addresses of a general host per family go to the RS and the node. */
+const MAX_GATEWAY_TARGETS = 8;
+
+type CnDc = { keyId: number; key: Buffer; to: Buffer };
+type Fail = (status: number, reason: string) => void;
 
 export const DC_DEFAULTS = {
   keepaliveSeconds: 20,
@@ -69,12 +84,19 @@ export class DcCounters {
   keyDistributions = 0;
   tlsRejected = 0;
   expired = 0;
+  /** Routes an RS accepted to relay between two nodes. */
+  relayRoutes = 0;
+  /** Routes to general hosts an RS accepted as gateway. */
+  gatewayRoutes = 0;
+  /** An RS failed a route: first contact failed, no answer, or it refused; the next one is tried. */
+  relayFailures = 0;
 }
 
 export class DirectionCoordinator {
   readonly counters = new DcCounters();
   readonly registry: Registry;
   readonly peers: PeerDcs;
+  readonly relays: RelayServers;
   readonly channel: ControlChannel;
   private socket: UdpSocket | null = null;
   private tlsServer: TlsServer | null = null;
@@ -84,6 +106,7 @@ export class DirectionCoordinator {
   constructor(readonly config: DcConfig) {
     this.registry = Registry.open(config.statePath, config.pool);
     this.peers = new PeerDcs(config.tls, config.discovery, config.peerTlsPort);
+    this.relays = RelayServers.withTls(config.relays ?? [], config.tls);
     this.channel = new ControlChannel({
       send: (d, to) => this.socket?.sendOne(d, to),
       keys: (cls, id) => this.keyFor(cls, id),
@@ -149,7 +172,8 @@ export class DirectionCoordinator {
     return {
       zone: this.config.zone,
       registrations: this.registry.all().map((r) => ({ name: r.name, ...this.registry.vips(r.name), observed: r.observed, local: r.local })),
-      counters: { ...this.counters },
+      counters: { ...this.counters, relayContacts: this.relays.contacts },
+      relays: this.relays.status(),
       channel: { ...this.channel.counters },
     };
   }
@@ -164,6 +188,7 @@ export class DirectionCoordinator {
   private keyFor(keyClass: number, keyId: number): Buffer | undefined {
     if (keyClass === KeyClass.ntmdc) return this.registry.key(keyId)?.key;
     if (keyClass === KeyClass.dcdc) return this.peers.key(keyId)?.key;
+    if (keyClass === KeyClass.dcrs) return this.relays.key(keyId)?.key;
     return undefined;
   }
 
@@ -208,6 +233,8 @@ export class DirectionCoordinator {
   private dispatch(m: Incoming): void {
     const { message } = m;
     const ntmdc = m.key.keyClass === KeyClass.ntmdc;
+    // Only other DCs may ask about our nodes or direct routes to them; an RS (Kdcrs) only answers.
+    const dcdc = m.key.keyClass === KeyClass.dcdc;
     switch (message.type) {
       case 'registrationRequest':
         if (ntmdc) this.onRegistration(m, message.body);
@@ -220,17 +247,25 @@ export class DirectionCoordinator {
         if (ntmdc) this.channel.reply(m, 'ntmAck', { inReplyTo: m.envelope.messageId, status: Status.ok, reason: '' });
         return;
       case 'directionRequest':
-        if (ntmdc) void this.onDirection(m, message.body);
+        if (ntmdc) void this.onDirection(m, message.body).catch((e: Error) => this.internalError('direction', e));
         return;
       case 'nodeInformationRequest':
-        if (!ntmdc) this.onNodeInformation(m, message.body);
+        if (dcdc) this.onNodeInformation(m, message.body);
         return;
       case 'routeDirection':
-        if (!ntmdc) void this.onPeerRouteDirection(m, message.body);
+        if (dcdc) void this.onPeerRouteDirection(m, message.body).catch((e: Error) => this.internalError('route direction', e));
         return;
       default:
         return;
     }
+  }
+
+  private internalError(what: string, e: Error): void {
+    console.error(`dc ${this.config.zone}: ${what}: internal error: ${e.stack ?? e.message}`);
+  }
+
+  private log(line: string): void {
+    if (this.config.verbose) console.error(`dc ${this.config.zone}: ${line}`);
   }
 
   private onRegistration(m: Incoming, b: Body<'registrationRequest'>): void {
@@ -330,9 +365,9 @@ export class DirectionCoordinator {
 
   private async onDirection(m: Incoming, b: Body<'directionRequest'>): Promise<void> {
     this.counters.directions++;
-    const fail = (status: number, reason: string): void => {
+    const fail: Fail = (status, reason) => {
       this.counters.directionsFailed++;
-      if (this.config.verbose) console.error(`dc ${this.config.zone}: direction ${b.source} → ${b.target}: ${statusName(status)}: ${reason}`);
+      this.log(`direction ${b.source} → ${b.target}: ${statusName(status)}: ${reason}`);
       this.channel.reply(m, 'ntmAck', { inReplyTo: m.envelope.messageId, status, reason });
     };
     const mnReg = this.registry.registration(b.source);
@@ -341,12 +376,23 @@ export class DirectionCoordinator {
       return fail(Status.notAuthorized, `${b.source} is not registered under this key`);
     }
     const mn = this.nodeView(b.source)!;
+    if (b.flags & DirectionFlags.general) {
+      // The router's policy names the target a general host; one of our own names is a node.
+      if (this.inZone(b.target)) return fail(Status.badRequest, `${b.target} is in zone ${this.config.zone}: an NTMobile name, not a general host`);
+      return this.directGateway(m, b, mn, "general host by the router's policy", fail);
+    }
     let cn: Body<'nodeInformationResponse'> | null;
-    let cnDc: { keyId: number; key: Buffer; to: Buffer } | null = null;
+    let cnDc: CnDc | null = null;
     try {
       if (this.inZone(b.target)) cn = this.nodeView(b.target);
       else {
-        const loc = await this.peers.locate(b.target);
+        let loc: { zone: string; nsName: string; address: string };
+        try {
+          loc = await this.peers.locate(b.target);
+        } catch (e) {
+          if (e instanceof NoDcError) return this.directGateway(m, b, mn, `no NTMobile DC for ${b.target}`, fail);
+          throw e;
+        }
         const ask = async (): Promise<Incoming> => {
           const peer = await this.peers.forZone(loc.zone, loc.nsName, loc.address);
           cnDc = { keyId: peer.keyId, key: peer.key, to: encodeSockaddr(loc.address, this.config.peerControlPort) };
@@ -369,61 +415,69 @@ export class DirectionCoordinator {
     }
     if (cn === null) return fail(Status.unknownName, `${b.target} is not registered`);
     if (cn.node === mn.node) return fail(Status.badRequest, `${b.target} is on the asking node itself`);
-    const decision = decideRoute({ observed: mn.observed!, local: mn.local }, { observed: cn.observed!, local: cn.local });
-    if (decision.kind === 'relay') return fail(Status.relayRequired, `${decision.reason} (not available in this version)`);
+    if (cn.observed === null || isIP(cn.observed.address) === 0) return fail(Status.peerUnreachable, `DC of ${b.target} gave no address for it`);
+    const decision = decideRoute({ observed: mn.observed!, local: mn.local }, { observed: cn.observed, local: cn.local });
+    if (decision.kind === 'relay') return this.directRelayed(m, b, mn, cn, cnDc, decision.reason, fail);
+    // The router tried the direct route this DC chose and got no answer: a firewall, or a NAT
+    // that behaves otherwise than its addresses suggest.
+    if (b.flags & DirectionFlags.relay) return this.directRelayed(m, b, mn, cn, cnDc, `direct ${decision.case} attempt failed`, fail);
     const routeId = randomId32();
     const ktun = randomKey();
     const ktmp = randomKey();
     const expiresAt = Date.now() + this.config.routeLifetimeSeconds * 1000;
     const toMn: Body<'routeDirection'> = {
-      inReplyTo: m.envelope.messageId,
-      routeId,
+      ...this.directionTo(m.envelope.messageId, routeId, ktun, ktmp, expiresAt, b.source, cn),
       role: decision.initiator === 'mn' ? Role.initiator : Role.responder,
-      ktun,
-      ktmp,
-      expiresAt,
-      localName: b.source,
-      peerNode: cn.node,
-      peerName: cn.target,
-      peerVip4: cn.vip4,
-      peerVip6: cn.vip6,
-      peerVips4: cn.nodeVips4,
-      peerVips6: cn.nodeVips6,
       peerEndpoint: decision.mnPeer,
-      peerPublicKey: cn.publicKey,
       path: PathKind.direct,
       peerCandidate: null,
       via: '',
     };
     const toCn: Body<'routeDirection'> = {
-      inReplyTo: 0n,
-      routeId,
+      ...this.directionTo(0n, routeId, ktun, ktmp, expiresAt, cn.target, mn),
       role: decision.initiator === 'cn' ? Role.initiator : Role.responder,
-      ktun,
-      ktmp,
-      expiresAt,
-      localName: cn.target,
-      peerNode: mn.node,
-      peerName: b.source,
-      peerVip4: mn.vip4,
-      peerVip6: mn.vip6,
-      peerVips4: mn.nodeVips4,
-      peerVips6: mn.nodeVips6,
       peerEndpoint: decision.cnPeer,
-      peerPublicKey: mn.publicKey,
       path: PathKind.direct,
       peerCandidate: null,
       via: '',
     };
-    if (this.config.verbose) console.error(`dc ${this.config.zone}: route ${routeId} ${b.source} → ${b.target}: ${decision.case}, ${decision.initiator} initiates`);
+    this.log(`route ${routeId} ${b.source} → ${b.target}: ${decision.case}, ${decision.initiator} initiates`);
+    await this.directEnds(m, routeId, toMn, toCn, decision.initiator, cnDc);
+  }
+
+  /** The fields of a Route Direction that describe the peer (a node as its DC sees it). */
+  private directionTo(
+    inReplyTo: bigint,
+    routeId: number,
+    ktun: Buffer,
+    ktmp: Buffer,
+    expiresAt: number,
+    localName: string,
+    peer: Body<'nodeInformationResponse'>,
+  ): Omit<Body<'routeDirection'>, 'role' | 'peerEndpoint' | 'path' | 'peerCandidate' | 'via'> {
+    return {
+      inReplyTo,
+      routeId,
+      ktun,
+      ktmp,
+      expiresAt,
+      localName,
+      peerNode: peer.node,
+      peerName: peer.target,
+      peerVip4: peer.vip4,
+      peerVip6: peer.vip6,
+      peerVips4: peer.nodeVips4,
+      peerVips6: peer.nodeVips6,
+      peerPublicKey: peer.publicKey,
+    };
+  }
+
+  /** Route Direction to both ends, the responder first: it must hold Ktun before the initiator's Tunnel Request reaches it. */
+  private async directEnds(m: Incoming, routeId: number, toMn: Body<'routeDirection'>, toCn: Body<'routeDirection'>, initiator: 'mn' | 'cn', cnDc: CnDc | null): Promise<void> {
     try {
-      // The responder first: it must hold Ktun before the initiator's Tunnel Request reaches it.
       const sendCn = (): Promise<void> => this.directCn(toCn, cnDc);
-      const sendMn = async (): Promise<void> => {
-        const ack = await this.channel.request('routeDirection', toMn, m.key, m.from, this.config.retransmit);
-        checkAck(ack, 'MN');
-      };
-      if (decision.initiator === 'mn') {
+      const sendMn = (): Promise<void> => this.directMn(m, toMn);
+      if (initiator === 'mn') {
         await sendCn();
         await sendMn();
       } else {
@@ -432,12 +486,202 @@ export class DirectionCoordinator {
       }
     } catch (e) {
       this.counters.directionsFailed++;
-      if (this.config.verbose) console.error(`dc ${this.config.zone}: route ${routeId}: ${(e as Error).message}`);
+      this.log(`route ${routeId}: ${(e as Error).message}`);
     }
   }
 
+  private async directMn(m: Incoming, body: Body<'routeDirection'>): Promise<void> {
+    const ack = await this.channel.request('routeDirection', body, m.key, m.from, this.config.retransmit);
+    checkAck(ack, 'MN');
+  }
+
+  /**
+   * A route through an RS between two nodes (both behind different NATs, IPv4 ↔ IPv6, or a direct
+   * attempt that failed): the first RS in rendezvous order that takes the route carries it; each
+   * end is sent to the RS in its own family, MN initiates (after both have hole-punched the RS).
+   */
+  private async directRelayed(m: Incoming, b: Body<'directionRequest'>, mn: Body<'nodeInformationResponse'>, cn: Body<'nodeInformationResponse'>, cnDc: CnDc | null, reason: string, fail: Fail): Promise<void> {
+    if (this.relays.relays.length === 0) return fail(Status.relayRequired, `${reason}: needs a Relay Server, and none is configured`);
+    const mnFamily = familyOf(mn.observed!.address);
+    const cnFamily = familyOf(cn.observed!.address);
+    const candidates = pickRelays(this.relays.relays, [mnFamily, cnFamily], mn.node, cn.node);
+    if (candidates.length === 0) {
+      const need = mnFamily === cnFamily ? `an IPv${mnFamily} address` : 'both an IPv4 and an IPv6 address';
+      return fail(Status.relayRequired, `${reason}: no configured Relay Server has ${need}`);
+    }
+    const routeId = randomId32();
+    const ktun = randomKey();
+    const ktmp = randomKey();
+    const expiresAt = Date.now() + this.config.routeLifetimeSeconds * 1000;
+    const rs = await this.firstRelay(routeId, candidates, () => ['relayDirection', { routeId, ktun, expiresAt, nodeA: mn.node, nodeB: cn.node }]);
+    if (rs === null) return fail(Status.peerUnreachable, `${reason}: no Relay Server took the route (tried ${candidates.map((r) => r.name).join(', ')})`);
+    this.counters.relayRoutes++;
+    const plan = relayPlan(mn.observed!, cn.observed!, (f) => relayEndpoint(rs.relay, f))!;
+    const toMn: Body<'routeDirection'> = {
+      ...this.directionTo(m.envelope.messageId, routeId, ktun, ktmp, expiresAt, b.source, cn),
+      role: Role.initiator,
+      peerEndpoint: plan.mnPeer,
+      path: PathKind.relay,
+      peerCandidate: plan.mnCandidate,
+      via: rs.relay.name,
+    };
+    const toCn: Body<'routeDirection'> = {
+      ...this.directionTo(0n, routeId, ktun, ktmp, expiresAt, cn.target, mn),
+      role: Role.responder,
+      peerEndpoint: plan.cnPeer,
+      path: PathKind.relay,
+      peerCandidate: plan.cnCandidate,
+      via: rs.relay.name,
+    };
+    this.log(`route ${routeId} ${b.source} → ${b.target}: relay via ${rs.relay.name} (${reason})`);
+    await this.directEnds(m, routeId, toMn, toCn, 'mn', cnDc);
+  }
+
+  /**
+   * A route to a general host: the tunnel ends at an RS, which forwards to the host's addresses.
+   * The RS needs MN's family (MN reaches it) and one of the host's (it reaches the host); the
+   * host's addresses of a family the RS lacks are left out.
+   */
+  private async directGateway(m: Incoming, b: Body<'directionRequest'>, mn: Body<'nodeInformationResponse'>, reason: string, fail: Fail): Promise<void> {
+    if (this.relays.relays.length === 0) return fail(Status.relayRequired, `${b.target}: ${reason}: a general host needs a Relay Server, and none is configured`);
+    let host: { targets4: string[]; targets6: string[] };
+    try {
+      host = await this.resolveHost(b.target);
+    } catch (e) {
+      return fail(Status.peerUnreachable, `${b.target}: ${reason}: DNS: ${(e as Error).message}`);
+    }
+    if (host.targets4.length + host.targets6.length === 0) return fail(Status.unknownName, `${b.target}: ${reason}, and no usable A or AAAA record`);
+    const mnFamily = familyOf(mn.observed!.address);
+    const candidates = pickRelays(this.relays.relays, [mnFamily], mn.node, b.target).filter(
+      (r) => (host.targets4.length > 0 && relayHas(r, 4)) || (host.targets6.length > 0 && relayHas(r, 6)),
+    );
+    if (candidates.length === 0) {
+      const has = [host.targets4.length ? 'IPv4' : '', host.targets6.length ? 'IPv6' : ''].filter(Boolean).join(' or ');
+      return fail(Status.relayRequired, `${b.target}: ${reason}: no configured Relay Server has IPv${mnFamily} (for ${b.source}) and ${has} (for the host)`);
+    }
+    const routeId = randomId32();
+    const ktun = randomKey();
+    const ktmp = randomKey();
+    const expiresAt = Date.now() + this.config.routeLifetimeSeconds * 1000;
+    const targetsFor = (r: RelayConfig): { targets4: string[]; targets6: string[] } => ({
+      targets4: relayHas(r, 4) ? host.targets4 : [],
+      targets6: relayHas(r, 6) ? host.targets6 : [],
+    });
+    const rs = await this.firstRelay(routeId, candidates, (r) => [
+      'gatewayDirection',
+      {
+        routeId,
+        ktun,
+        ktmp,
+        expiresAt,
+        node: mn.node,
+        nodeName: b.source,
+        nodeVips4: mn.nodeVips4,
+        nodeVips6: mn.nodeVips6,
+        nodePublicKey: mn.publicKey,
+        target: b.target,
+        ...targetsFor(r),
+      },
+    ]);
+    if (rs === null) return fail(Status.peerUnreachable, `${b.target}: ${reason}: no Relay Server took the route (tried ${candidates.map((r) => r.name).join(', ')})`);
+    this.counters.gatewayRoutes++;
+    const { targets4, targets6 } = targetsFor(rs.relay);
+    const toMn: Body<'routeDirection'> = {
+      inReplyTo: m.envelope.messageId,
+      routeId,
+      role: Role.initiator,
+      ktun,
+      ktmp,
+      expiresAt,
+      localName: b.source,
+      peerNode: rs.relay.name,
+      peerName: b.target,
+      peerVip4: targets4[0] ?? null,
+      peerVip6: targets6[0] ?? null,
+      peerVips4: targets4,
+      peerVips6: targets6,
+      peerEndpoint: relayEndpoint(rs.relay, mnFamily),
+      peerPublicKey: rs.publicKey,
+      path: PathKind.gateway,
+      peerCandidate: null,
+      via: rs.relay.name,
+    };
+    this.log(`route ${routeId} ${b.source} → ${b.target}: gateway via ${rs.relay.name} (${reason}; ${[...targets4, ...targets6].join(', ')})`);
+    try {
+      await this.directMn(m, toMn);
+    } catch (e) {
+      this.counters.directionsFailed++;
+      this.log(`route ${routeId}: ${(e as Error).message}`);
+    }
+  }
+
+  /** A general host's A and AAAA records, from the DC's resolvers; addresses no host can have are left out. */
+  private async resolveHost(name: string): Promise<{ targets4: string[]; targets6: string[] }> {
+    const resolver = new Resolver({ timeout: this.config.discovery.timeoutMs ?? 2000, tries: 2 });
+    if (this.config.discovery.resolvers?.length) resolver.setServers(this.config.discovery.resolvers);
+    const lookup = (p: Promise<string[]>): Promise<{ addresses: string[]; error: Error | null }> =>
+      p.then(
+        (addresses) => ({ addresses, error: null }),
+        (e: NodeJS.ErrnoException) => ({ addresses: [], error: e.code === 'ENODATA' || e.code === 'ENOTFOUND' ? null : new Error(`${name}: ${e.code ?? e.message}`) }),
+      );
+    const [a, aaaa] = await Promise.all([lookup(resolver.resolve4(name)), lookup(resolver.resolve6(name))]);
+    if (a.addresses.length + aaaa.addresses.length === 0 && (a.error ?? aaaa.error)) throw (a.error ?? aaaa.error)!;
+    return {
+      targets4: [...new Set(a.addresses.filter(gatewayTarget))].slice(0, MAX_GATEWAY_TARGETS),
+      targets6: [...new Set(aaaa.addresses.filter(gatewayTarget))].slice(0, MAX_GATEWAY_TARGETS),
+    };
+  }
+
+  /**
+   * Offers a route to each candidate RS in turn; the first that acknowledges carries it. Each
+   * failure is counted and logged, and the next RS is tried.
+   */
+  private async firstRelay(
+    routeId: number,
+    candidates: RelayConfig[],
+    message: (r: RelayConfig) => ['relayDirection', Body<'relayDirection'>] | ['gatewayDirection', Body<'gatewayDirection'>],
+  ): Promise<RelayKey | null> {
+    for (const r of candidates) {
+      try {
+        return await this.relayRequest(r, message(r));
+      } catch (e) {
+        this.counters.relayFailures++;
+        this.relays.failed(r.name, (e as Error).message);
+        this.log(`route ${routeId}: RS ${r.name} failed: ${(e as Error).message}`);
+      }
+    }
+    return null;
+  }
+
+  /** One Relay or Gateway Direction to an RS under Kdcrs (first contact if needed); resolves with the key once it said ok. */
+  private async relayRequest(r: RelayConfig, [type, body]: ['relayDirection', Body<'relayDirection'>] | ['gatewayDirection', Body<'gatewayDirection'>]): Promise<RelayKey> {
+    const to = encodeSockaddr(relayControlAddress(r), r.port);
+    const policy = this.config.retransmit ?? RELAY_RETRANSMIT;
+    const send = (k: RelayKey): Promise<Incoming> => {
+      const key = { keyClass: KeyClass.dcrs, keyId: k.keyId, key: k.key };
+      return type === 'relayDirection' ? this.channel.request(type, body, key, to, policy) : this.channel.request(type, body, key, to, policy);
+    };
+    const started = Date.now();
+    let k = await this.relays.ensure(r.name);
+    let ack: Incoming;
+    try {
+      ack = await send(k);
+    } catch (e) {
+      // An RS that restarted has forgotten Kdcrs and drops what we send under it: make first
+      // contact again and ask once more. A key made for this very request that gets no answer
+      // means the RS's UDP port is unreachable: a new key would not help, the next RS might.
+      if (!(e instanceof RequestTimeout) || k.contactedAt >= started) throw e;
+      this.relays.forget(r.name);
+      k = await this.relays.ensure(r.name);
+      ack = await send(k);
+    }
+    if (ack.message.type !== 'ntmAck') throw new Error(`answered ${type} with ${ack.message.type}`);
+    if (ack.message.body.status !== Status.ok) throw new Error(`${statusName(ack.message.body.status)}: ${ack.message.body.reason}`);
+    return k;
+  }
+
   /** Route Direction to CN: directly if CN is ours, else through CN's DC over Kdcdc. */
-  private async directCn(body: Body<'routeDirection'>, cnDc: { keyId: number; key: Buffer; to: Buffer } | null): Promise<void> {
+  private async directCn(body: Body<'routeDirection'>, cnDc: CnDc | null): Promise<void> {
     if (cnDc !== null) {
       const ack = await this.channel.request('routeDirection', body, { keyClass: KeyClass.dcdc, ...cnDc }, cnDc.to, this.config.retransmit);
       checkAck(ack, `DC of ${body.localName}`);
@@ -469,7 +713,7 @@ export class DirectionCoordinator {
 }
 
 function checkAck(ack: Incoming, who: string): void {
-  if (ack.message.type !== 'ntmAck') throw new Error(`${who}: answered a Route Direction with ${ack.message.type}`);
+  if (ack.message.type !== 'ntmAck') throw new Error(`${who}: answered with ${ack.message.type}, want ntmAck`);
   if (ack.message.body.status !== Status.ok) throw new Error(`${who}: ${statusName(ack.message.body.status)}: ${ack.message.body.reason}`);
 }
 
@@ -478,3 +722,24 @@ function wireFrom(sockaddr: Buffer): WireEndpoint {
   return { address: e.address, port: e.port };
 }
 
+
+/**
+ * Whether a general host's address may be handed to an RS to forward to: not unspecified,
+ * loopback, link-local, multicast or broadcast (a DNS answer with those would point the RS at
+ * itself or its own link, never at a host on the Internet).
+ */
+export function gatewayTarget(address: string): boolean {
+  const f = isIP(address);
+  if (f === 4) {
+    const [a, b] = address.split('.').map(Number) as [number, number];
+    return !(a === 0 || a === 127 || (a === 169 && b === 254) || a >= 224);
+  }
+  if (f !== 6) return false;
+  const bytes = ipv6ToBytes(address);
+  if (bytes.subarray(0, 15).every((x) => x === 0) && (bytes[15] === 0 || bytes[15] === 1)) return false;
+  if (bytes[0] === 0xff) return false;
+  if (bytes[0] === 0xfe && (bytes[1]! & 0xc0) === 0x80) return false;
+  // IPv4-mapped: judged as the IPv4 address it carries.
+  if (bytes.subarray(0, 10).every((x) => x === 0) && bytes[10] === 0xff && bytes[11] === 0xff) return gatewayTarget(bytes.subarray(12).join('.'));
+  return true;
+}

@@ -4,7 +4,7 @@
 // over UDP under it. Either end may make the first contact; the key is good both ways.
 
 import { type TLSSocket } from 'node:tls';
-import { findDc, DC_TLS_PORT, type DiscoveryOptions } from '../../protocol/discovery.js';
+import { DiscoveryError, findDc, DC_TLS_PORT, type DiscoveryOptions } from '../../protocol/discovery.js';
 import { exportServerKey } from '../../protocol/keys.js';
 import { peerIdentity } from '../identity.js';
 import { connectMutualTls, type TlsFiles } from '../tls.js';
@@ -19,6 +19,11 @@ export interface PeerKey {
   expiresAt: number;
   /** The peer DC's UDP control address, once known. */
   address: string | null;
+}
+
+/** No zone of the name is delegated anywhere: the name has no NTMobile DC (a general host). */
+export class NoDcError extends Error {
+  override readonly name = 'NoDcError';
 }
 
 export class PeerDcs {
@@ -67,8 +72,19 @@ export class PeerDcs {
     this.byId.delete(k.keyId);
   }
 
+  /**
+   * Where the DC of `name` is. Throws NoDcError when no zone of the name has an NS record (every
+   * lookup answered NXDOMAIN or no data): a general host. Any other failure (a resolver that
+   * fails or times out, an NS without an address) is not proof of that and throws as it is.
+   */
   async locate(name: string): Promise<{ zone: string; nsName: string; address: string }> {
-    return findDc(name, this.discovery);
+    try {
+      return await findDc(name, this.discovery);
+    } catch (e) {
+      // findDc tells this case only by its message (protocol/discovery.ts).
+      if (e instanceof DiscoveryError && e.message.startsWith('no NS record for any zone')) throw new NoDcError(e.message);
+      throw e;
+    }
   }
 
   private async contact(zone: string, serverName: string, address: string): Promise<PeerKey> {
