@@ -5,7 +5,7 @@
 // translation to VIPs (nftables) and the local API. Everything it sets up it removes on stop.
 
 import { createSocket } from 'node:dgram';
-import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { isIP } from 'node:net';
 import { execFile } from 'node:child_process';
@@ -14,7 +14,7 @@ import { DirectionFlags, KeyClass, PathKind, Status, statusName, type WireEndpoi
 import { decodeSockaddr, encodeSockaddr, formatEndpoint } from '../protocol/endpoint.js';
 import { findDc, parentZones } from '../protocol/discovery.js';
 import { ipv4ToNumber, numberToIpv4 } from '../protocol/ip.js';
-import { generateX25519, rawPrivate, x25519FromPrivate, type X25519Pair } from '../protocol/keys.js';
+import { loadOrCreateKey, type X25519Pair } from '../protocol/keys.js';
 import { addAddress, addRoute, listAddresses } from '../netlink/rtnetlink.js';
 import { TunDevice } from '../netlink/tun.js';
 import { UdpSocket } from '../netlink/udp.js';
@@ -528,18 +528,3 @@ function ignoreExists(e: Error): void {
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms).unref());
 }
-
-/** The node's static X25519 key: raw 32 bytes, base64, in a 0600 file; made on first start. */
-export function loadOrCreateKey(path: string): X25519Pair {
-  if (existsSync(path)) {
-    const raw = Buffer.from(readFileSync(path, 'utf8').trim(), 'base64');
-    return x25519FromPrivate(raw);
-  }
-  const pair = generateX25519();
-  mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
-  writeFileSync(path, `${rawPrivate(pair.privateKey).toString('base64')}\n`, { mode: 0o600 });
-  chmodSync(path, 0o600);
-  return pair;
-}
-
-

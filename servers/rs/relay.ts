@@ -1,0 +1,552 @@
+// The Relay Server's relay core (docs/relay.md): the relayed routes a DC directed here, each with
+// its two nodes and the endpoint each one's hole punch taught us, the SPIs learned from the Tunnel
+// Request/Response we forwarded, and the ESP forwarding by (source endpoint, SPI). Pure logic, no
+// sockets, time passed in: servers/rs/rs.ts feeds it datagrams, the tests a fake clock.
+//
+// The rules it enforces (no open relay, no amplification): it only ever names as a destination an
+// endpoint that an authenticated hole punch set, only for a datagram that came from the other
+// side's punched endpoint, one datagram out per datagram in; everything else is dropped and
+// counted by reason. Quotas: token buckets per route and per sending node (bytes/s), a byte budget
+// per route, a maximum number of routes in all and per node.
+
+import { Status, type ControlMessage, type StatusCode } from '../../protocol/control.js';
+import { formatEndpoint, SOCKADDR_SIZE } from '../../protocol/endpoint.js';
+
+export interface RelayQuota {
+  /** Bytes per second one route may forward, both ways together; 0: unlimited. Burst: one second's worth. */
+  routeBytesPerSecond: number;
+  /** Bytes per second one node may send through all its routes together; 0: unlimited. */
+  nodeBytesPerSecond: number;
+  /** Bytes one route may forward in its life; 0: unlimited. */
+  routeBytes: number;
+  maxRoutes: number;
+  maxRoutesPerNode: number;
+}
+
+export interface RelayOptions {
+  quota: RelayQuota;
+  /** A route with no punch, forwarded datagram or keepalive for this long ends. */
+  idleSeconds: number;
+  /** A route ends this long after its expiresAt: room for the rekey on the route that replaces it. */
+  graceSeconds: number;
+}
+
+export const RELAY_DEFAULTS: RelayOptions = {
+  quota: { routeBytesPerSecond: 125_000_000, nodeBytesPerSecond: 250_000_000, routeBytes: 0, maxRoutes: 10_000, maxRoutesPerNode: 256 },
+  idleSeconds: 120,
+  graceSeconds: 60,
+};
+
+const NO_OTHERS = { total: 0, of: (): number => 0 };
+
+/** SPIs kept per side: the current one, the previous (during a rekey) and one more in flight. */
+const MAX_SPIS_PER_SIDE = 3;
+/** SPIs key the forwarding map by their low 30 bits, a small integer for V8 (no boxing per lookup). */
+const SPI_HASH = 0x3fffffff;
+
+/** One event or drop reason per field (ARCHITECTURE §5: every datagram accounted for). */
+export class RelayCounters {
+  routesCreated = 0;
+  /** Relay Directions refused: too many routes in all or for a node. */
+  routesRefusedQuota = 0;
+  /** Relay Directions refused: malformed (same node twice, already expired, route ID in use). */
+  routesRefusedBad = 0;
+  routesExpiredIdle = 0;
+  routesExpiredHard = 0;
+  punches = 0;
+  /** A punch from a new address for a side that had one: the node's NAT mapping changed (newest wins). */
+  punchEndpointMoves = 0;
+  punchDropUnknownRoute = 0;
+  /** The node named is not one of the route's two. */
+  punchDropForeignNode = 0;
+  /** The address is the other side's endpoint: forwarding there would loop. */
+  punchDropConflict = 0;
+  /** Answer (Hole Punching Ack) would be longer than the request: no amplification. */
+  punchDropTooShort = 0;
+  controlForwarded = 0;
+  /** A relayed Tunnel Request/Response from an address neither side punched from. */
+  controlDropUnknownSource = 0;
+  /** A relayed Tunnel Request/Response that does not open under the route's Ktun. */
+  controlDropAuth = 0;
+  controlDropStale = 0;
+  controlDropMalformed = 0;
+  /** Its route ID differs from its key ID, or a Tunnel Request names a node other than its sender's side. */
+  controlDropMismatch = 0;
+  /** The other side has not punched yet: nowhere to forward to. */
+  controlDropPeerNotLearned = 0;
+  controlDropSendFailed = 0;
+  spisLearned = 0;
+  espForwarded = 0;
+  espBytes = 0;
+  espDropUnknownSpi = 0;
+  /** The SPI is known but the datagram does not come from the endpoint that sends on it. */
+  espDropUnknownSource = 0;
+  espDropPeerNotLearned = 0;
+  espDropSendFailed = 0;
+  /** Control or ESP on a route past its idle time or its expiresAt + grace (before the sweep removed it). */
+  dropExpired = 0;
+  dropQuotaRate = 0;
+  dropQuotaBytes = 0;
+  keepalives = 0;
+  /** A keepalive from an address no side punched from (not forwarded either way). */
+  keepaliveDropUnknown = 0;
+}
+
+/** Bytes per second with a burst of one second: refilled lazily from the time passed. */
+export class TokenBucket {
+  private tokens: number;
+  private last: number;
+
+  constructor(
+    readonly rate: number,
+    now: number,
+  ) {
+    this.tokens = rate;
+    this.last = now;
+  }
+
+  /** Refills for the time since the last call; whether n bytes fit now (always, if unlimited). */
+  fits(n: number, now: number): boolean {
+    if (this.rate === 0) return true;
+    if (now > this.last) {
+      this.tokens = Math.min(this.rate, this.tokens + ((now - this.last) * this.rate) / 1000);
+      this.last = now;
+    }
+    return this.tokens >= n;
+  }
+
+  take(n: number): void {
+    if (this.rate !== 0) this.tokens -= n;
+  }
+}
+
+interface NodeState {
+  routes: number;
+  /** What the node sends through all its routes. */
+  bucket: TokenBucket;
+}
+
+/** One end of a relayed route. */
+export class RelaySide {
+  /** Where the node's hole punch came from (28-byte sockaddr, owned), or null before its first. */
+  endpoint: Buffer | null = null;
+  /** endpoint as hex: the keepalive index's key. */
+  endpointKey: string | null = null;
+  punches = 0;
+  lastPunch = 0;
+  /** Datagrams and bytes received from this side and forwarded. */
+  packets = 0;
+  bytes = 0;
+  /** This side's inbound SPIs (ESP towards it carries them), oldest first. */
+  readonly spis: number[] = [];
+  other!: RelaySide;
+
+  constructor(
+    readonly route: RelayRoute,
+    readonly node: string,
+    readonly nodeState: NodeState,
+  ) {}
+}
+
+export class RelayRoute {
+  readonly a: RelaySide;
+  readonly b: RelaySide;
+  lastActivity: number;
+  packets = 0;
+  bytes = 0;
+  readonly bucket: TokenBucket;
+
+  constructor(
+    readonly routeId: number,
+    readonly ktun: Buffer,
+    readonly expiresAt: number,
+    nodeA: { name: string; state: NodeState },
+    nodeB: { name: string; state: NodeState },
+    readonly createdAt: number,
+    /** Who directed it (the DC's name), for the status. */
+    readonly owner: string,
+    rate: number,
+  ) {
+    this.a = new RelaySide(this, nodeA.name, nodeA.state);
+    this.b = new RelaySide(this, nodeB.name, nodeB.state);
+    this.a.other = this.b;
+    this.b.other = this.a;
+    this.lastActivity = createdAt;
+    this.bucket = new TokenBucket(rate, createdAt);
+  }
+}
+
+/** A forwarding entry: ESP carrying `spi` goes to `to`, and only if it comes from to.other's endpoint. */
+interface Forward {
+  spi: number;
+  to: RelaySide;
+}
+
+export type Verdict = { ok: true } | { ok: false; status: StatusCode; reason: string };
+
+export type PunchResult = { ok: true; moved: boolean } | { ok: false; reason: 'unknownRoute' | 'foreignNode' | 'conflict' };
+
+export interface RelayDirection {
+  routeId: number;
+  ktun: Buffer;
+  expiresAt: number;
+  nodeA: string;
+  nodeB: string;
+}
+
+export interface SideStatus {
+  node: string;
+  /** "1.2.3.4:5" or "[2001:db8::1]:5"; null before the node punched. */
+  endpoint: string | null;
+  /** This side's inbound SPIs: ESP carrying them is forwarded to this side. */
+  spis: number[];
+  punches: number;
+  packets: number;
+  bytes: number;
+}
+
+export interface RouteStatus {
+  routeId: number;
+  owner: string;
+  createdAt: number;
+  expiresAt: number;
+  lastActivity: number;
+  packets: number;
+  bytes: number;
+  a: SideStatus;
+  b: SideStatus;
+}
+
+export class Relay {
+  readonly counters = new RelayCounters();
+  private readonly routes = new Map<number, RelayRoute>();
+  private readonly nodes = new Map<string, NodeState>();
+  /** SPI & SPI_HASH → entries (several on a hash or SPI collision: the source endpoint decides). */
+  private readonly forwards = new Map<number, Forward[]>();
+  /** Endpoint (hex) → the sides punched from it: keepalives refresh their routes. */
+  private readonly byEndpoint = new Map<string, Set<RelaySide>>();
+  private readonly idleMs: number;
+  private readonly graceMs: number;
+
+  constructor(readonly options: RelayOptions = RELAY_DEFAULTS) {
+    this.idleMs = options.idleSeconds * 1000;
+    this.graceMs = options.graceSeconds * 1000;
+  }
+
+  get size(): number {
+    return this.routes.size;
+  }
+
+  /** Routes a node is on (for the per-node limit, shared with gateway routes by the server). */
+  routesOf(node: string): number {
+    return this.nodes.get(node)?.routes ?? 0;
+  }
+
+  /**
+   * A Relay Direction: the route, or why not (answered with NTM ACK). Idempotent for the same
+   * route. `others` counts routes the server holds besides these (its gateway routes), in all and
+   * per node, against the same limits.
+   */
+  addRoute(d: RelayDirection, now: number, owner = '', others: { total: number; of: (node: string) => number } = NO_OTHERS): Verdict {
+    const c = this.counters;
+    const bad = (reason: string): Verdict => {
+      c.routesRefusedBad++;
+      return { ok: false, status: Status.badRequest, reason };
+    };
+    const over = (reason: string): Verdict => {
+      c.routesRefusedQuota++;
+      return { ok: false, status: Status.overQuota, reason };
+    };
+    if (d.routeId === 0) return bad('route ID 0');
+    if (d.nodeA === d.nodeB) return bad(`both ends are ${d.nodeA}`);
+    if (d.expiresAt <= now) return bad('the route has already expired');
+    const existing = this.routes.get(d.routeId);
+    if (existing !== undefined) {
+      const same = existing.ktun.equals(d.ktun) && existing.a.node === d.nodeA && existing.b.node === d.nodeB && existing.expiresAt === d.expiresAt;
+      return same ? { ok: true } : bad(`route ID ${d.routeId} is in use`);
+    }
+    const q = this.options.quota;
+    if (this.routes.size + others.total >= q.maxRoutes) return over(`this relay carries ${q.maxRoutes} routes already`);
+    for (const n of [d.nodeA, d.nodeB]) if (this.routesOf(n) + others.of(n) >= q.maxRoutesPerNode) return over(`${n} has ${q.maxRoutesPerNode} routes here already`);
+    const route = new RelayRoute(d.routeId, Buffer.from(d.ktun), d.expiresAt, { name: d.nodeA, state: this.node(d.nodeA, now) }, { name: d.nodeB, state: this.node(d.nodeB, now) }, now, owner, q.routeBytesPerSecond);
+    this.routes.set(d.routeId, route);
+    c.routesCreated++;
+    return { ok: true };
+  }
+
+  /** A live route (not past its idle time or its expiresAt + grace). */
+  route(routeId: number, now: number): RelayRoute | undefined {
+    const r = this.routes.get(routeId);
+    return r !== undefined && this.alive(r, now) ? r : undefined;
+  }
+
+  /** Ktun of a live route: the control channel's key for key class Ktun. */
+  ktun(routeId: number, now: number): Buffer | undefined {
+    return this.route(routeId, now)?.ktun;
+  }
+
+  /** The side that punched from the sockaddr at from[at], or null. */
+  sideAt(route: RelayRoute, from: Buffer, at = 0): RelaySide | null {
+    if (sameEndpoint(route.a.endpoint, from, at)) return route.a;
+    if (sameEndpoint(route.b.endpoint, from, at)) return route.b;
+    return null;
+  }
+
+  /**
+   * An authenticated Hole Punching: `node`'s side of the route is now where it came from. The
+   * newest punch wins (the node punches again when its NAT mapping may have changed).
+   */
+  punch(routeId: number, node: string, from: Buffer, now: number): PunchResult {
+    const c = this.counters;
+    const route = this.route(routeId, now);
+    if (route === undefined) {
+      c.punchDropUnknownRoute++;
+      return { ok: false, reason: 'unknownRoute' };
+    }
+    const side = node === route.a.node ? route.a : node === route.b.node ? route.b : null;
+    if (side === null) {
+      c.punchDropForeignNode++;
+      return { ok: false, reason: 'foreignNode' };
+    }
+    if (sameEndpoint(side.other.endpoint, from, 0)) {
+      c.punchDropConflict++;
+      return { ok: false, reason: 'conflict' };
+    }
+    let moved = false;
+    if (!sameEndpoint(side.endpoint, from, 0)) {
+      moved = side.endpoint !== null;
+      if (moved) c.punchEndpointMoves++;
+      this.unindex(side);
+      side.endpoint = Buffer.from(from.subarray(0, SOCKADDR_SIZE));
+      side.endpointKey = side.endpoint.toString('hex');
+      let set = this.byEndpoint.get(side.endpointKey);
+      if (set === undefined) this.byEndpoint.set(side.endpointKey, (set = new Set()));
+      set.add(side);
+    }
+    side.punches++;
+    side.lastPunch = now;
+    route.lastActivity = now;
+    c.punches++;
+    return { ok: true, moved };
+  }
+
+  /**
+   * A Tunnel Request or Response on a relayed route, already authenticated under its Ktun: where
+   * to forward the datagram unchanged (the other side's endpoint), or null (counted). Learns the
+   * SPI it carries: the sender's inbound SPI, so ESP with it goes to the sender.
+   */
+  forwardControl(route: RelayRoute, message: ControlMessage, from: Buffer, length: number, now: number): Buffer | null {
+    const c = this.counters;
+    const side = this.sideAt(route, from, 0);
+    if (side === null) {
+      c.controlDropUnknownSource++;
+      return null;
+    }
+    if (!this.alive(route, now)) {
+      c.dropExpired++;
+      return null;
+    }
+    let spi: number;
+    if (message.type === 'tunnelRequest') {
+      if (message.body.routeId !== route.routeId || message.body.node !== side.node) {
+        c.controlDropMismatch++;
+        return null;
+      }
+      spi = message.body.spi;
+    } else if (message.type === 'tunnelResponse') {
+      if (message.body.routeId !== route.routeId) {
+        c.controlDropMismatch++;
+        return null;
+      }
+      spi = message.body.status === Status.ok ? message.body.spi : 0;
+    } else {
+      c.controlDropMismatch++;
+      return null;
+    }
+    const to = side.other;
+    if (to.endpoint === null) {
+      c.controlDropPeerNotLearned++;
+      return null;
+    }
+    if (!this.charge(route, side, length, now)) return null;
+    if (spi !== 0) this.learn(side, spi);
+    c.controlForwarded++;
+    return to.endpoint;
+  }
+
+  /**
+   * The ESP data path: where the datagram in buf[start, start + length) from the sockaddr at
+   * addrs[addrAt] goes (the receiving side's endpoint: copy it, do not keep it), or null (counted).
+   * No allocation: a map lookup by a small integer, a compare of 28 bytes, arithmetic.
+   */
+  forwardEsp(buf: Buffer, start: number, length: number, addrs: Buffer, addrAt: number, now: number): Buffer | null {
+    const c = this.counters;
+    const spi = buf.readUInt32BE(start);
+    const list = this.forwards.get(spi & SPI_HASH);
+    if (list === undefined) {
+      c.espDropUnknownSpi++;
+      return null;
+    }
+    let to: RelaySide | null = null;
+    let spiKnown = false;
+    for (let i = 0; i < list.length; i++) {
+      const f = list[i]!;
+      if (f.spi !== spi) continue;
+      spiKnown = true;
+      if (sameEndpoint(f.to.other.endpoint, addrs, addrAt)) {
+        to = f.to;
+        break;
+      }
+    }
+    if (to === null) {
+      if (spiKnown) c.espDropUnknownSource++;
+      else c.espDropUnknownSpi++;
+      return null;
+    }
+    const route = to.route;
+    if (!this.alive(route, now)) {
+      c.dropExpired++;
+      return null;
+    }
+    if (to.endpoint === null) {
+      c.espDropPeerNotLearned++;
+      return null;
+    }
+    if (!this.charge(route, to.other, length, now)) return null;
+    c.espForwarded++;
+    c.espBytes += length;
+    return to.endpoint;
+  }
+
+  /**
+   * A NAT keepalive (not forwarded): refreshes the routes of the sides punched from there. False
+   * if none was: the caller counts keepaliveDropUnknown unless another part of it knows the sender
+   * (the RS's gateway tunnels share the port).
+   */
+  keepalive(addrs: Buffer, addrAt: number, now: number): boolean {
+    const set = this.byEndpoint.get(addrs.toString('hex', addrAt, addrAt + SOCKADDR_SIZE));
+    if (set === undefined) return false;
+    for (const side of set) side.route.lastActivity = Math.max(side.route.lastActivity, now);
+    this.counters.keepalives++;
+    return true;
+  }
+
+  /** Ends the routes past their idle time or their expiresAt + grace; returns how many. */
+  expire(now: number): number {
+    let n = 0;
+    for (const r of this.routes.values()) {
+      if (now > r.expiresAt + this.graceMs) this.counters.routesExpiredHard++;
+      else if (now - r.lastActivity > this.idleMs) this.counters.routesExpiredIdle++;
+      else continue;
+      this.remove(r);
+      n++;
+    }
+    return n;
+  }
+
+  remove(route: RelayRoute): void {
+    if (this.routes.get(route.routeId) !== route) return;
+    this.routes.delete(route.routeId);
+    for (const side of [route.a, route.b]) {
+      this.unindex(side);
+      for (const spi of side.spis) this.unforward(side, spi);
+      side.spis.length = 0;
+      const n = side.nodeState;
+      n.routes--;
+      if (n.routes === 0) this.nodes.delete(side.node);
+    }
+  }
+
+  /** Every route, for the status file and SIGUSR1. */
+  status(): RouteStatus[] {
+    const side = (s: RelaySide): SideStatus => ({
+      node: s.node,
+      endpoint: s.endpoint === null ? null : formatEndpoint(s.endpoint),
+      spis: [...s.spis],
+      punches: s.punches,
+      packets: s.packets,
+      bytes: s.bytes,
+    });
+    return [...this.routes.values()].map((r) => ({
+      routeId: r.routeId,
+      owner: r.owner,
+      createdAt: r.createdAt,
+      expiresAt: r.expiresAt,
+      lastActivity: r.lastActivity,
+      packets: r.packets,
+      bytes: r.bytes,
+      a: side(r.a),
+      b: side(r.b),
+    }));
+  }
+
+  private alive(r: RelayRoute, now: number): boolean {
+    return now <= r.expiresAt + this.graceMs && now - r.lastActivity <= this.idleMs;
+  }
+
+  private node(name: string, now: number): NodeState {
+    let n = this.nodes.get(name);
+    if (n === undefined) this.nodes.set(name, (n = { routes: 0, bucket: new TokenBucket(this.options.quota.nodeBytesPerSecond, now) }));
+    n.routes++;
+    return n;
+  }
+
+  /** Quotas for `length` bytes sent by `from` on `route`; on success they are spent and counted. */
+  private charge(route: RelayRoute, from: RelaySide, length: number, now: number): boolean {
+    const q = this.options.quota;
+    if (q.routeBytes > 0 && route.bytes + length > q.routeBytes) {
+      this.counters.dropQuotaBytes++;
+      return false;
+    }
+    const nodeBucket = from.nodeState.bucket;
+    // Both must have room before either is charged: a refusal spends nothing.
+    if (!route.bucket.fits(length, now) || !nodeBucket.fits(length, now)) {
+      this.counters.dropQuotaRate++;
+      return false;
+    }
+    route.bucket.take(length);
+    nodeBucket.take(length);
+    route.bytes += length;
+    route.packets++;
+    from.bytes += length;
+    from.packets++;
+    route.lastActivity = now;
+    return true;
+  }
+
+  /** `owner` receives ESP carrying `spi` (from owner.other's endpoint). */
+  private learn(owner: RelaySide, spi: number): void {
+    if (owner.spis.includes(spi)) return;
+    owner.spis.push(spi);
+    if (owner.spis.length > MAX_SPIS_PER_SIDE) this.unforward(owner, owner.spis.shift()!);
+    const key = spi & SPI_HASH;
+    const list = this.forwards.get(key);
+    // Newest first: on an SPI that two routes share from one endpoint, the newer route wins.
+    if (list === undefined) this.forwards.set(key, [{ spi, to: owner }]);
+    else list.unshift({ spi, to: owner });
+    this.counters.spisLearned++;
+  }
+
+  private unforward(owner: RelaySide, spi: number): void {
+    const key = spi & SPI_HASH;
+    const list = this.forwards.get(key);
+    if (list === undefined) return;
+    const rest = list.filter((f) => !(f.spi === spi && f.to === owner));
+    if (rest.length > 0) this.forwards.set(key, rest);
+    else this.forwards.delete(key);
+  }
+
+  private unindex(side: RelaySide): void {
+    if (side.endpointKey === null) return;
+    const set = this.byEndpoint.get(side.endpointKey);
+    if (set !== undefined) {
+      set.delete(side);
+      if (set.size === 0) this.byEndpoint.delete(side.endpointKey);
+    }
+  }
+}
+
+/** Whether the 28-byte sockaddr at buf[at] is `endpoint` (false for null). */
+function sameEndpoint(endpoint: Buffer | null, buf: Buffer, at: number): boolean {
+  return endpoint !== null && buf.compare(endpoint, 0, SOCKADDR_SIZE, at, at + SOCKADDR_SIZE) === 0;
+}
