@@ -323,7 +323,7 @@ export class RouterDaemon {
     if (own !== undefined) return addrs(own.vip4, own.vip6);
     for (const p of this.tunnels.peers.values()) {
       const n = p.names.get(name);
-      if (n !== undefined && p.route.expiresAt > Date.now() + this.clockOffset) return addrs(this.shown(n.vip4), n.vip6);
+      if (n !== undefined && n.expiresAt > Date.now() + this.clockOffset) return addrs(this.shown(n.vip4), n.vip6);
     }
     const r = await this.direct(name);
     return r === null ? null : addrs(this.shown(r.vip4), r.vip6);
@@ -466,7 +466,7 @@ function peerView(p: PeerInfo): object {
   const path = t.endpoint ? formatEndpoint(decodeSockaddr(t.endpoint)) : null;
   return {
     node: p.route.peerNode,
-    names: Object.fromEntries(p.names),
+    names: Object.fromEntries([...p.names].map(([n, v]) => [n, { vip4: v.vip4, vip6: v.vip6 }])),
     path,
     route: routeText(p),
     relayObserved: p.route.relayObserved === null ? null : formatEndpoint(p.route.relayObserved),

@@ -47,13 +47,16 @@ export interface PeerInfo {
   tunnel: Tunnel;
   route: Route;
   /** Names of the peer resolved through this tunnel, with their VIPs. */
-  names: Map<string, { vip4: string | null; vip6: string | null }>;
+  names: Map<string, { vip4: string | null; vip6: string | null; expiresAt: number }>;
   keyedAt: number;
   rekeys: number;
   path: PathState;
   /** Kpath: the tunnel's own control key (path probes), from Kmncn; only the two ends have it. */
   pathKey: Buffer;
 }
+
+/** Routes through an RS are renewed this long before they expire (the RS keeps them 60 s more). */
+const RS_RENEW_BEFORE_MS = 60_000;
 
 export class TunnelSetupError extends Error {
   override readonly name = 'TunnelSetupError';
@@ -281,7 +284,7 @@ export class TunnelManager {
     }
     for (const v of route.peerVips4) if (!table.addVip4(peer.tunnel, ipv4ToNumber(v))) this.o.log(`VIP ${v} of ${route.peerNode} is already another tunnel's`);
     for (const v of route.peerVips6) if (!table.addVip6(peer.tunnel, ipv6ToBytes(v))) this.o.log(`VIP ${v} of ${route.peerNode} is already another tunnel's`);
-    peer.names.set(route.peerName, { vip4: route.peerVip4, vip6: route.peerVip6 });
+    peer.names.set(route.peerName, { vip4: route.peerVip4, vip6: route.peerVip6, expiresAt: route.expiresAt });
     await this.o.onVips(vips.filter((v) => isIP(v)));
     if (peer.path === 'relay' && route.peerCandidate !== null) {
       const p = peer;
@@ -380,16 +383,28 @@ export class TunnelManager {
     for (const peer of this.peers.values()) {
       if (!peer.route.initiator || this.initiating.has(peer.route.routeId) || this.renewing.has(peer.route.peerNode)) continue;
       const old = now - peer.keyedAt > this.o.rekeyAfterSeconds * 1000;
-      if (!old && !peer.tunnel.outbound.needsRekey) continue;
-      if (peer.route.expiresAt > now + 10_000) {
+      // A route through an RS ends there at its expiry: renew it a minute before, rekey due or not.
+      const ends = peer.path === 'gateway' ? Math.min(...[...peer.names.values()].map((n) => n.expiresAt)) : peer.route.expiresAt;
+      const viaRs = peer.path !== 'direct' && ends < now + RS_RENEW_BEFORE_MS;
+      if (!old && !peer.tunnel.outbound.needsRekey && !viaRs) continue;
+      if (!viaRs && peer.route.expiresAt > now + 10_000) {
         void this.initiate(peer.route).catch((e: Error) => this.o.log(`rekey of ${peer.route.peerNode}: ${e.message}`));
         continue;
       }
       this.renewing.add(peer.route.peerNode);
-      void this.o
-        .renew(peer.route.peerName, peer.path === 'relay' || peer.path === 'upgraded')
-        .catch((e: Error) => this.o.log(`rekey of ${peer.route.peerNode}: new direction failed: ${e.message}`))
-        .finally(() => this.renewing.delete(peer.route.peerNode));
+      void this.renewPeer(peer).finally(() => this.renewing.delete(peer.route.peerNode));
+    }
+  }
+
+  /**
+   * A new direction for a peer; for a gateway tunnel, one per general host it carries (each
+   * host's permission at the RS lives as long as its own route).
+   */
+  private async renewPeer(peer: PeerInfo): Promise<void> {
+    const now = this.o.now();
+    const names = peer.path === 'gateway' ? [...peer.names].filter(([, n]) => n.expiresAt < now + RS_RENEW_BEFORE_MS).map(([name]) => name) : [peer.route.peerName];
+    for (const name of names) {
+      await this.o.renew(name, peer.path === 'relay' || peer.path === 'upgraded').catch((e: Error) => this.o.log(`rekey of ${peer.route.peerNode}: new direction for ${name} failed: ${e.message}`));
     }
   }
 }
