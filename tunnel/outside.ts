@@ -86,7 +86,7 @@ export class Outside {
         counters.inDropSpoofedSource++;
         continue;
       }
-      if (sa === tunnel.inbound) this.learnEndpoint(tunnel, batch.addrs, i * SOCKADDR_SIZE);
+      if (sa === tunnel.inbound && tunnel.roaming) this.learnEndpoint(tunnel, batch.addrs, i * SOCKADDR_SIZE);
       out.lengths[slot] = innerLength;
       out.count++;
       tunnel.stats.rxPackets++;

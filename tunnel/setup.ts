@@ -260,6 +260,7 @@ export class TunnelManager {
     const path: PathState = route.path === PathKind.relay ? 'relay' : route.path === PathKind.gateway ? 'gateway' : 'direct';
     if (peer === undefined) {
       const tunnel = new Tunnel(route.peerNode, null, null, outbound, inbound, Buffer.from(from), 20);
+      tunnel.roaming = path === 'direct';
       table.add(tunnel);
       peer = { tunnel, route, names: new Map(), keyedAt: this.o.now(), rekeys: 0, path, pathKey };
       this.peers.set(route.peerNode, peer);
@@ -271,6 +272,7 @@ export class TunnelManager {
       const stayDirect = peer.path === 'upgraded' && peer.route.routeId === route.routeId;
       peer.tunnel.endpoint = Buffer.from(from);
       if (!stayDirect) peer.path = path;
+      peer.tunnel.roaming = peer.path === 'direct';
       peer.pathKey = pathKey;
       peer.route = route;
       peer.keyedAt = this.o.now();

@@ -29,6 +29,12 @@ export class Tunnel {
   previousInbound: InboundSa | null = null;
   /** During a rekey (responder side): the new outbound SA, taken into use at the first packet on the new inbound SA. */
   pendingOutbound: OutboundSa | null = null;
+  /**
+   * Follow the peer to the source of its newest authenticated packet (a direct tunnel). Off where
+   * the control plane chooses the path (through an RS, or moved off one by path probes): there
+   * packets still in flight on the other path must not pull the tunnel back.
+   */
+  roaming = true;
 
   constructor(
     readonly name: string,
