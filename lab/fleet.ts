@@ -114,6 +114,8 @@ export interface Fleet {
   addInternetHost(name: string): Promise<{ host: Host; addr: string; addr6: string }>;
   /** Router A's and B's uplink addresses (router B's IPv6 address in 'v4-v6'). */
   uplinks: { ra: string; rb: string };
+  /** Where the Internet sees router A and B: their NAT's outside address, or their uplink address. */
+  publicAddrs: { ra: string; rb: string };
   /** Restart a router daemon (a cold start: new login, registration, no tunnels, empty DNS cache). */
   restartRouter(which: 'ra' | 'rb'): Promise<void>;
   /** Restart a DC from its config and state (a DC restart). */
@@ -352,6 +354,7 @@ export async function buildFleet(lab: Lab, o: FleetOptions): Promise<Fleet> {
     b2: B.hosts['b2']!,
     addInternetHost: (name) => net.addInternetHost(name),
     uplinks: { ra: A.uplink, rb: B.uplink },
+    publicAddrs: { ra: siteA.natBox?.publicAddrs[0] ?? A.uplink, rb: place.bIpv6Only ? B.uplink : (siteB.natBox?.publicAddrs[0] ?? B.uplink) },
     async restartRouter(which) {
       const r = fleet[which];
       await r.program.stop();
