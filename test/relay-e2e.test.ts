@@ -336,3 +336,45 @@ t.test('an attacker gets nothing from the RS and cannot steer it to a third addr
     { label: 'relay-attack' },
   );
 });
+
+t.test('a direct path that fails falls back to the RS within the DNS deadline (a-nat, UDP between the sites blocked)', async (t) => {
+  await Lab.withLab(
+    async (lab) => {
+      const fleet = await buildFleet(lab, { case: 'a-nat' });
+      t.teardown(() => fleet.dispose());
+      // A firewall on the Internet between router A's NAT and router B: the DC still decides
+      // "MN behind NAT, MN initiates", but the Tunnel Request never arrives. The DCs and the RS
+      // stay reachable from both.
+      const core = lab.hosts.get('core')!;
+      const a = fleet.publicAddrs.ra;
+      const b = fleet.uplinks.rb;
+      await core.nft(`table inet ntmblock {
+  chain forward {
+    type filter hook forward priority -10; policy accept;
+    ip saddr ${a} ip daddr ${b} meta l4proto udp counter drop
+    ip saddr ${b} ip daddr ${a} meta l4proto udp counter drop
+  }
+}`);
+      const want = await serveFile(fleet);
+      const t0 = Date.now();
+      const resolved = await fleet.a1.exec('getent', ['ahostsv4', NAMES.b2], { allowFail: true, timeoutMs: 10_000 });
+      const resolveMs = Date.now() - t0;
+      t.equal(resolved.code, 0, `a1 resolves ${NAMES.b2} on the first query (${resolved.stdout.split('\n')[0] ?? ''})`);
+      t.ok(resolveMs < 3000, `the answer came within the DNS hook's 3 s deadline (${resolveMs} ms)`);
+      const down = await download(fleet, `http://${NAMES.b2}:8080/f`);
+      t.equal(down.code, 0, `curl exit 0 (${down.stderr})`);
+      t.equal(down.sha, want, 'SHA-256 of the 20 MB matches');
+
+      const dcLog = fleet.dc1.program.log();
+      t.match(dcLog, /: mn-behind-nat, mn initiates/, 'DC1 first directed the direct route');
+      t.match(dcLog, /relay via rs1\.relay\.test \(direct mn-behind-nat attempt failed\)/, 'then, asked again, a relayed one');
+      const rb = await peerRb(fleet);
+      t.match(rb?.route ?? '', ROUTE['both-sym']!, `router A's route to router B: ${rb?.route} (at ${rb?.path})`);
+      const status = (await fleet.ra.api('status')) as { counters: { daemon: { relayFallbacks: number } } };
+      t.equal(status.counters.daemon.relayFallbacks, 1, 'router A counted one fallback');
+      const blocked = await core.exec('nft', ['list', 'table', 'inet', 'ntmblock']);
+      t.match(blocked.stdout, /counter packets [1-9]\d* bytes \d+ drop/, 'the firewall did drop the direct attempt');
+    },
+    { label: 'relay-fallback' },
+  );
+});
