@@ -25,7 +25,8 @@ import { Engine } from '../tunnel/engine.js';
 import { LanTranslation } from './lan-nat.js';
 import { login, LoginError, type LoginResult } from './login.js';
 import { TunnelTable } from '../tunnel/table.js';
-import { TunnelManager, TunnelSetupError, type PeerInfo } from '../tunnel/setup.js';
+import { TunnelManager, TunnelSetupError, type PathUpdateResult, type PeerInfo } from '../tunnel/setup.js';
+import { UplinkMonitor } from './uplink.js';
 
 /** Retransmission for requests a DNS answer waits on: must fit inside the DNS hook's deadline. */
 const FAST: RetransmitPolicy = { initialMs: 250, maxMs: 1000, tries: 4 };
@@ -53,6 +54,20 @@ export class DaemonCounters {
   relayFallbacks = 0;
   routeDirections = 0;
   ignoredMessages = 0;
+  handovers = 0;
+  natRebindings = 0;
+}
+
+/** The last move and what it did to each tunnel (status API `uplink.lastHandover`). */
+export interface HandoverReport {
+  at: number;
+  reason: string;
+  from: string | null;
+  to: string | null;
+  /** Milliseconds until every tunnel had its new path (or failed). */
+  ms: number;
+  registered: boolean;
+  tunnels: { node: string; result: PathUpdateResult }[];
 }
 
 export class RouterDaemon {
@@ -81,6 +96,14 @@ export class RouterDaemon {
   private readonly mapped = new Map<string, string>();
   private readonly mapPool: AddressPool;
   private stopped = false;
+  private readonly uplink: UplinkMonitor;
+  private handingOver: Promise<void> | null = null;
+  private pendingHandover: { reason: string; from: string | null; to: string | null } | null = null;
+  private lastHandover: HandoverReport | null = null;
+  /** Where the DC last saw us (registration or keepalive answer): a change is a NAT rebinding. */
+  private observedByDc: WireEndpoint | null = null;
+  /** Our uplink address when the DC last told us where it saw us. */
+  private observedFrom: string | null = null;
 
   constructor(
     readonly config: RouterConfig,
@@ -110,6 +133,12 @@ export class RouterDaemon {
       },
       retransmit: FAST,
       directRetransmit: DIRECT_FIRST_TRY,
+      log: (l) => this.log(l),
+    });
+    this.uplink = new UplinkMonitor({
+      probe: async () => (this.dcAddress === null ? null : (await this.localEndpoint()).address),
+      onChange: (from, to) => this.handover(`uplink ${from ?? 'none'} → ${to ?? 'none'}`, from, to),
+      ownDevice: config.tun.name,
       log: (l) => this.log(l),
     });
     this.api = new ApiServer(config.socketPath, {
@@ -155,6 +184,7 @@ export class RouterDaemon {
         this.state = 'ready';
         this.lastError = null;
         this.scheduleKeepalive();
+        if (this.uplink.address === null) this.uplink.start((await this.localEndpoint().catch(() => null))?.address ?? null);
         this.log(`ready: ${[...this.registered.values()].map((r) => `${r.name} = ${r.vip4}, ${r.vip6}`).join('; ')}`);
         return;
       } catch (e) {
@@ -210,6 +240,10 @@ export class RouterDaemon {
       this.counters.registrations++;
       this.keepaliveSeconds = r.keepaliveSeconds || 20;
       this.registered.set(name, { name, vip4: r.vip4, vip6: r.vip6, observed: r.observed });
+      if (name === this.config.name) {
+        this.observedByDc = r.observed;
+        this.observedFrom = this.uplink.address;
+      }
     }
     const own = this.registered.get(this.config.name)!;
     for (const [v, len] of [
@@ -277,6 +311,17 @@ export class RouterDaemon {
       if (a.message.type === 'keepaliveAck' && a.message.body.status === Status.ok) {
         this.counters.keepalives++;
         this.scheduleKeepalive();
+        const seen = a.message.body.observed;
+        const before = this.observedByDc;
+        const sameUplink = this.observedFrom === this.uplink.address;
+        this.observedByDc = seen;
+        this.observedFrom = this.uplink.address;
+        if (seen !== null && before !== null && sameUplink && (seen.address !== before.address || seen.port !== before.port)) {
+          // Same uplink address, new mapping: the carrier's NAT rebound us. Peers and relays
+          // still send to the old mapping; tell them where we are.
+          this.counters.natRebindings++;
+          this.handover(`NAT rebinding ${formatEndpoint(before)} → ${formatEndpoint(seen)}`, formatEndpoint(before), formatEndpoint(seen));
+        }
         return;
       }
       this.log('keepalive: the DC does not know us: registering again');
@@ -286,6 +331,54 @@ export class RouterDaemon {
     }
     this.counters.reRegistrations++;
     await this.connect();
+  }
+
+  // ---- moves: a new uplink address, a new NAT mapping --------------------------------------------
+
+  /**
+   * The router moved (or its NAT rebound it): register again from where we are now and move
+   * every tunnel to the new path (tunnel/setup.ts `updatePath`), all at once: the path updates
+   * do not wait for the registration, only a new direction does. A move while one is running is
+   * handled right after it, from the newest state.
+   */
+  private handover(reason: string, from: string | null, to: string | null): void {
+    if (this.state !== 'ready' || this.stopped) return;
+    if (this.handingOver !== null) {
+      this.pendingHandover = { reason, from, to };
+      return;
+    }
+    this.handingOver = this.runHandover(reason, from, to)
+      .catch((e: Error) => this.log(`handover: ${e.message}`))
+      .finally(() => {
+        this.handingOver = null;
+        const next = this.pendingHandover;
+        this.pendingHandover = null;
+        if (next !== null) this.handover(next.reason, next.from, next.to);
+      });
+  }
+
+  private async runHandover(reason: string, from: string | null, to: string | null): Promise<void> {
+    const at = Date.now();
+    this.counters.handovers++;
+    const peers = [...this.tunnels.peers.values()];
+    this.log(`handover (${reason}): registering again and moving ${peers.length} tunnel(s)`);
+    if (to === null) {
+      // No route to the DC at all: nothing can be told now; the next uplink event tries again.
+      this.lastHandover = { at, reason, from, to, ms: 0, registered: false, tunnels: peers.map((p) => ({ node: p.route.peerNode, result: 'failed' })) };
+      return;
+    }
+    let registered = false;
+    const registration = this.registerAll().then(
+      () => {
+        registered = true;
+      },
+      (e: Error) => this.log(`handover: registration: ${e.message} (the keepalive loop retries)`),
+    );
+    const results = await Promise.all(peers.map(async (p) => ({ node: p.route.peerNode, result: await this.tunnels.updatePath(p, registration) })));
+    await registration;
+    this.engine?.sendKeepalives();
+    this.lastHandover = { at, reason, from, to, ms: Date.now() - at, registered, tunnels: results };
+    this.log(`handover done in ${this.lastHandover.ms} ms: ${results.map((r) => `${r.node} ${r.result}`).join(', ') || 'no tunnels'}`);
   }
 
   // ---- control messages that are not answers -------------------------------------------------
@@ -415,6 +508,7 @@ export class RouterDaemon {
       dc: this.dcAddress === null ? null : formatEndpoint(this.dcAddress, this.config.dcPort),
       port: this.socket?.port ?? null,
       registered: [...this.registered.values()],
+      uplink: { address: this.uplink.address, handovers: this.counters.handovers, lastHandover: this.lastHandover, observedByDc: this.observedByDc === null ? null : formatEndpoint(this.observedByDc) },
       keyId: this.session?.keyId ?? null,
       keyExpiresAt: this.session?.expiresAt ?? null,
       counters: { daemon: { ...this.counters }, channel: { ...this.channel.counters }, tunnels: { ...this.tunnels.counters }, engine: this.engine?.counters.snapshot() ?? null, dns: this.dnsHook ? { ...this.dnsHook.counters } : null },
@@ -449,6 +543,7 @@ export class RouterDaemon {
     this.stopped = true;
     this.state = 'stopping';
     if (this.keepaliveTimer) clearTimeout(this.keepaliveTimer);
+    this.uplink.stop();
     this.tunnels.stop();
     if (this.session !== null && this.dc !== null) {
       for (const name of this.registered.keys()) this.channel.send('deregistration', { name }, this.dcKey(), this.dc);

@@ -82,6 +82,8 @@ export interface TunnelManagerOptions {
   directRetransmit?: RetransmitPolicy;
   /** Path probes towards a direct candidate (how long to try before staying on the relay). */
   probeRetransmit?: RetransmitPolicy;
+  /** The path update after a move (short: a new direction follows when it gets no answer). */
+  moveRetransmit?: RetransmitPolicy;
   log: (line: string) => void;
 }
 
@@ -96,7 +98,13 @@ export class TunnelCounters {
   upgrades = 0;
   upgradeFailed = 0;
   pathProbesAnswered = 0;
+  peerMoves = 0;
+  pathUpdates = 0;
+  pathUpdatesFailed = 0;
 }
+
+/** What a move did to one tunnel. */
+export type PathUpdateResult = 'path-update' | 're-punch' | 'new-direction' | 'failed';
 
 export class TunnelManager {
   readonly counters = new TunnelCounters();
@@ -341,6 +349,49 @@ export class TunnelManager {
   }
 
   /**
+   * After our uplink changed (a move, a new NAT mapping): tell each peer where we are now, with
+   * the fewest round trips that prove it. A direct or upgraded path, and a gateway tunnel (the RS
+   * is the peer): a Path Probe commit from the new address under the tunnel's own key, so the
+   * peer moves its endpoint (same SAs). A relayed path: a new Hole Punching, so the RS forwards
+   * to the new mapping. When that gets no answer (the peer's NAT filters the new address, the
+   * route expired at the RS), a new direction: the DCs decide again from where we are now.
+   */
+  async updatePath(peer: PeerInfo, registered: Promise<unknown>): Promise<PathUpdateResult> {
+    const route = peer.route;
+    const renew = async (relay: boolean): Promise<PathUpdateResult> => {
+      await registered.catch(() => undefined);
+      try {
+        await this.o.renew(route.peerName, relay);
+        return 'new-direction';
+      } catch (e) {
+        this.counters.pathUpdatesFailed++;
+        this.o.log(`tunnel to ${route.peerNode}: no new direction after the move: ${(e as Error).message}`);
+        return 'failed';
+      }
+    };
+    if (peer.path === 'relay') {
+      if (route.expiresAt <= this.o.now() + 5000) return renew(true);
+      try {
+        await this.punch(route);
+        this.counters.pathUpdates++;
+        return 're-punch';
+      } catch {
+        return renew(true);
+      }
+    }
+    if (peer.tunnel.endpoint === null) return renew(peer.path === 'upgraded');
+    const to = Buffer.from(peer.tunnel.endpoint);
+    try {
+      await this.o.channel.request('pathProbe', { commit: 1, pad: '' }, { keyClass: KeyClass.path, keyId: peer.tunnel.outbound.spi, key: peer.pathKey }, to, this.o.moveRetransmit ?? { initialMs: 150, maxMs: 400, tries: 5 });
+      this.counters.pathUpdates++;
+      return 'path-update';
+    } catch {
+      this.o.log(`tunnel to ${route.peerNode}: no answer at ${fmtSockaddr(to)} from our new address: asking for a new direction`);
+      return renew(peer.path === 'upgraded');
+    }
+  }
+
+  /**
    * Kpath of the tunnel a path probe names: probes carry the receiver's inbound SPI as key ID,
    * and their answers come back under the same ID, which is then our outbound SPI.
    */
@@ -356,13 +407,20 @@ export class TunnelManager {
   onPathProbe(m: Incoming, b: Body<'pathProbe'>): void {
     const peer = [...this.peers.values()].find((p) => p.tunnel.inboundFor(m.key.keyId) !== null);
     if (peer === undefined) return;
-    if (b.commit === 1 && (peer.path === 'relay' || peer.path === 'upgraded')) {
+    if (b.commit === 1) {
+      // The peer proves with the tunnel's own key that it is now at m.from: it left the relay
+      // for a direct path, or it moved (MOBIKE-like path update: same SAs, new outer address).
+      const moved = peer.tunnel.endpoint === null || !peer.tunnel.endpoint.equals(m.from);
       peer.tunnel.endpoint = Buffer.from(m.from);
       if (peer.path === 'relay') {
         this.counters.upgrades++;
         this.o.log(`tunnel to ${peer.route.peerNode}: moved from relay ${peer.route.via} to the direct path ${fmtSockaddr(m.from)} (peer's commit)`);
+        peer.path = 'upgraded';
+        peer.tunnel.roaming = false;
+      } else if (moved) {
+        this.counters.peerMoves++;
+        this.o.log(`tunnel to ${peer.route.peerNode}: the peer moved to ${fmtSockaddr(m.from)}`);
       }
-      peer.path = 'upgraded';
     }
     this.counters.pathProbesAnswered++;
     const e = decodeSockaddr(m.from);

@@ -494,6 +494,8 @@ export class RelayServer {
       return k !== undefined && k.expiresAt > now ? k.key : undefined;
     }
     if (keyClass === KeyClass.tun) return this.relay.ktun(keyId, now) ?? this.tunnels?.ktun(keyId);
+    // A gateway tunnel's own key: the node moved and proves it with a Path Probe commit.
+    if (keyClass === KeyClass.path) return this.tunnels?.pathKey(keyId);
     return undefined;
   }
 
@@ -506,6 +508,7 @@ export class RelayServer {
     if (message.type === 'tunnelRequest' && cls === KeyClass.tun && this.tunnels?.routes.has(m.key.keyId) === true && this.gwRoutes.has(m.key.keyId)) {
       return this.tunnels.onTunnelRequest(m, message.body);
     }
+    if (message.type === 'pathProbe' && cls === KeyClass.path && this.tunnels !== null) return this.tunnels.onPathProbe(m, message.body);
     this.counters.ignoredMessages++;
   }
 
