@@ -305,6 +305,7 @@ export class RouterDaemon {
   private async keepalive(): Promise<void> {
     if (this.stopped) return;
     this.engine?.sendKeepalives();
+    void this.tunnels.refreshRelays(Promise.resolve()).catch((e: Error) => this.log(`relays: ${e.message}`));
     try {
       const local = await this.localEndpoint();
       const a = await this.channel.request('keepalive', { local }, this.dcKey(), this.dc!, KEEPALIVE_RETRY);
@@ -416,7 +417,10 @@ export class RouterDaemon {
     if (own !== undefined) return addrs(own.vip4, own.vip6);
     for (const p of this.tunnels.peers.values()) {
       const n = p.names.get(name);
-      if (n !== undefined && n.expiresAt > Date.now() + this.clockOffset) return addrs(this.shown(n.vip4), n.vip6);
+      if (n !== undefined && n.expiresAt > Date.now() + this.clockOffset) {
+        this.tunnels.touch(p, name);
+        return addrs(this.shown(n.vip4), n.vip6);
+      }
     }
     const r = await this.direct(name);
     return r === null ? null : addrs(this.shown(r.vip4), r.vip6);
@@ -478,8 +482,15 @@ export class RouterDaemon {
     const fresh = vips.filter((v) => !this.routedVips.has(v));
     if (fresh.length === 0) return;
     const local = (await listAddresses()).filter((a) => a.family === 4 && a.dev !== this.config.tun.name);
+    // Never route our own servers into the tunnel (a general host that resolves to the DC's or
+    // an RS's address): our control traffic and ESP would loop.
+    const servers = new Set([this.dcAddress, ...[...this.tunnels.routes.values()].filter((r) => r.path !== PathKind.direct).map((r) => r.peerEndpoint?.address)]);
     let remapped = false;
     for (const v of fresh) {
+      if (servers.has(v)) {
+        this.log(`peer address ${v} is one of our servers (DC or RS): not routed into the tunnel`);
+        continue;
+      }
       if (isIP(v) === 4 && !this.mapped.has(v) && local.some((a) => inPrefix(v, a.address, a.prefixLen))) {
         const m = this.mapPool.take();
         this.mapped.set(v, m);

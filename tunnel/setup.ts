@@ -47,16 +47,24 @@ export interface PeerInfo {
   tunnel: Tunnel;
   route: Route;
   /** Names of the peer resolved through this tunnel, with their VIPs. */
-  names: Map<string, { vip4: string | null; vip6: string | null; expiresAt: number }>;
+  names: Map<string, { vip4: string | null; vip6: string | null; expiresAt: number; usedAt: number }>;
   keyedAt: number;
   rekeys: number;
   path: PathState;
   /** Kpath: the tunnel's own control key (path probes), from Kmncn; only the two ends have it. */
   pathKey: Buffer;
+  /** After failed renewals: no new attempt before this time (exponential backoff). */
+  retryAt: number;
+  renewFailures: number;
 }
 
 /** Routes through an RS are renewed this long before they expire (the RS keeps them 60 s more). */
 const RS_RENEW_BEFORE_MS = 60_000;
+/** A general host's route is renewed if it was resolved this recently... */
+const GATEWAY_KEEP_MS = 3600_000;
+/** ...or its gateway tunnel carried traffic this recently. */
+const GATEWAY_BUSY_MS = 120_000;
+const RENEW_BACKOFF_MAX_MS = 300_000;
 
 export class TunnelSetupError extends Error {
   override readonly name = 'TunnelSetupError';
@@ -84,6 +92,8 @@ export interface TunnelManagerOptions {
   probeRetransmit?: RetransmitPolicy;
   /** The path update after a move (short: a new direction follows when it gets no answer). */
   moveRetransmit?: RetransmitPolicy;
+  /** SPIs in use elsewhere on the same port (the RS's relayed routes): never chosen as ours. */
+  spiTaken?: (spi: number) => boolean;
   log: (line: string) => void;
 }
 
@@ -270,7 +280,7 @@ export class TunnelManager {
       const tunnel = new Tunnel(route.peerNode, null, null, outbound, inbound, Buffer.from(from), 20);
       tunnel.roaming = path === 'direct';
       table.add(tunnel);
-      peer = { tunnel, route, names: new Map(), keyedAt: this.o.now(), rekeys: 0, path, pathKey };
+      peer = { tunnel, route, names: new Map(), keyedAt: this.o.now(), rekeys: 0, path, pathKey, retryAt: 0, renewFailures: 0 };
       this.peers.set(route.peerNode, peer);
       this.counters.established++;
       this.o.log(`tunnel to ${route.peerNode} up (${initiator ? 'we initiated' : 'peer initiated'}), endpoint ${fmtSockaddr(from)}${path === 'relay' ? ` (relay ${route.via})` : ''}`);
@@ -294,7 +304,7 @@ export class TunnelManager {
     }
     for (const v of route.peerVips4) if (!table.addVip4(peer.tunnel, ipv4ToNumber(v))) this.o.log(`VIP ${v} of ${route.peerNode} is already another tunnel's`);
     for (const v of route.peerVips6) if (!table.addVip6(peer.tunnel, ipv6ToBytes(v))) this.o.log(`VIP ${v} of ${route.peerNode} is already another tunnel's`);
-    peer.names.set(route.peerName, { vip4: route.peerVip4, vip6: route.peerVip6, expiresAt: route.expiresAt });
+    peer.names.set(route.peerName, { vip4: route.peerVip4, vip6: route.peerVip6, expiresAt: route.expiresAt, usedAt: this.o.now() });
     await this.o.onVips(vips.filter((v) => isIP(v)));
     if (peer.path === 'relay' && route.peerCandidate !== null) {
       const p = peer;
@@ -396,16 +406,17 @@ export class TunnelManager {
    * and their answers come back under the same ID, which is then our outbound SPI.
    */
   pathKey(spi: number): Buffer | undefined {
-    for (const p of this.peers.values()) {
-      const t = p.tunnel;
-      if (t.inboundFor(spi) !== null || t.outbound.spi === spi || t.pendingOutbound?.spi === spi) return p.pathKey;
-    }
+    // Our inbound SPIs first, over all tunnels: an outbound SPI is chosen by the peer, and one
+    // peer must never get its own key chosen for an ID that names another peer's tunnel.
+    for (const p of this.peers.values()) if (p.tunnel.inboundFor(spi) !== null) return p.pathKey;
+    for (const p of this.peers.values()) if (p.tunnel.outbound.spi === spi || p.tunnel.pendingOutbound?.spi === spi) return p.pathKey;
     return undefined;
   }
 
   /** A path probe (authenticated under Kpath by the channel): answer it; a commit moves the tunnel. */
   onPathProbe(m: Incoming, b: Body<'pathProbe'>): void {
-    const peer = [...this.peers.values()].find((p) => p.tunnel.inboundFor(m.key.keyId) !== null);
+    // The tunnel whose inbound SPI the key ID names, and whose own key opened the message.
+    const peer = [...this.peers.values()].find((p) => p.tunnel.inboundFor(m.key.keyId) !== null && p.pathKey.equals(m.key.key));
     if (peer === undefined) return;
     if (b.commit === 1) {
       // The peer proves with the tunnel's own key that it is now at m.from: it left the relay
@@ -430,7 +441,7 @@ export class TunnelManager {
   private freshSpi(): number {
     for (;;) {
       const spi = randomBytes(4).readUInt32BE(0);
-      if (spi >= SPI_MIN && this.o.table.spiFree(spi)) return spi;
+      if (spi >= SPI_MIN && this.o.table.spiFree(spi) && this.o.spiTaken?.(spi) !== true) return spi;
     }
   }
 
@@ -440,8 +451,9 @@ export class TunnelManager {
    */
   private checkRekey(): void {
     const now = this.o.now();
+    this.pruneRoutes(now);
     for (const peer of this.peers.values()) {
-      if (!peer.route.initiator || this.initiating.has(peer.route.routeId) || this.renewing.has(peer.route.peerNode)) continue;
+      if (!peer.route.initiator || this.initiating.has(peer.route.routeId) || this.renewing.has(peer.route.peerNode) || now < peer.retryAt) continue;
       const old = now - peer.keyedAt > this.o.rekeyAfterSeconds * 1000;
       // A route through an RS ends there at its expiry: renew it a minute before, rekey due or not.
       const ends = peer.path === 'gateway' ? Math.min(...[...peer.names.values()].map((n) => n.expiresAt)) : peer.route.expiresAt;
@@ -462,10 +474,72 @@ export class TunnelManager {
    */
   private async renewPeer(peer: PeerInfo): Promise<void> {
     const now = this.o.now();
-    const names = peer.path === 'gateway' ? [...peer.names].filter(([, n]) => n.expiresAt < now + RS_RENEW_BEFORE_MS).map(([name]) => name) : [peer.route.peerName];
-    for (const name of names) {
-      await this.o.renew(name, peer.path === 'relay' || peer.path === 'upgraded').catch((e: Error) => this.o.log(`rekey of ${peer.route.peerNode}: new direction for ${name} failed: ${e.message}`));
+    let names = [peer.route.peerName];
+    if (peer.path === 'gateway') {
+      // A general host keeps its permission at the RS while it is in use: resolved within the
+      // last hour, or the tunnel busy right now. Others are forgotten (a new DNS query makes a
+      // new route), so that names resolved once do not hold RS routes for ever.
+      const busy = now - Math.max(peer.tunnel.stats.lastTx, peer.tunnel.stats.lastRx) < GATEWAY_BUSY_MS;
+      names = [];
+      for (const [name, n] of peer.names) {
+        if (n.expiresAt >= now + RS_RENEW_BEFORE_MS) continue;
+        if (busy || now - n.usedAt < GATEWAY_KEEP_MS) names.push(name);
+        else if (n.expiresAt <= now) {
+          peer.names.delete(name);
+          this.o.log(`general host ${name}: not used for a while, its route through ${peer.route.via} is not renewed`);
+        }
+      }
     }
+    let failed = false;
+    for (const name of names) {
+      try {
+        await this.o.renew(name, peer.path === 'relay' || peer.path === 'upgraded');
+      } catch (e) {
+        failed = true;
+        this.o.log(`rekey of ${peer.route.peerNode}: new direction for ${name} failed: ${(e as Error).message}`);
+      }
+    }
+    if (failed) {
+      peer.renewFailures++;
+      peer.retryAt = this.o.now() + Math.min(RENEW_BACKOFF_MAX_MS, 5000 * 2 ** (peer.renewFailures - 1));
+    } else {
+      peer.renewFailures = 0;
+      peer.retryAt = 0;
+    }
+  }
+
+  /** A name of this peer was looked up (DNS): its gateway route is in use. */
+  touch(peer: PeerInfo, name: string): void {
+    const n = peer.names.get(name);
+    if (n !== undefined) n.usedAt = this.o.now();
+  }
+
+  /** Routes nobody uses any more: expired, and not a tunnel's current route. */
+  private pruneRoutes(now: number): void {
+    if (this.routes.size < 64) return;
+    const inUse = new Set([...this.peers.values()].map((p) => p.route.routeId));
+    for (const [id, r] of this.routes) {
+      if (r.expiresAt < now - 120_000 && !inUse.has(id) && !this.initiating.has(id) && !this.waiting.has(id)) this.routes.delete(id);
+    }
+  }
+
+  /**
+   * Relayed tunnels: an answered Hole Punching instead of a silent NAT keepalive, so that a route
+   * the RS lost (restart, idle, quota) or a mapping that changed under us is noticed within one
+   * keepalive period and healed (updatePath: punch again, else a new direction).
+   */
+  async refreshRelays(registered: Promise<unknown>): Promise<void> {
+    const relayed = [...this.peers.values()].filter((p) => p.path === 'relay' && p.route.expiresAt > this.o.now());
+    await Promise.all(
+      relayed.map(async (p) => {
+        try {
+          await this.punch(p.route);
+        } catch {
+          this.o.log(`tunnel to ${p.route.peerNode}: relay ${p.route.via} stopped answering: moving it`);
+          await this.updatePath(p, registered);
+        }
+      }),
+    );
   }
 }
 
