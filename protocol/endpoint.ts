@@ -5,6 +5,7 @@
 //   8..23 address (IPv4 as v4-mapped ::ffff:a.b.c.d), 24..27 scope id little-endian.
 // Pure TypeScript, no native dependency.
 import { isIP } from 'node:net';
+import type { WireEndpoint } from './control.js';
 import { ipv6BytesToText } from './ip.js';
 
 export const SOCKADDR_SIZE = 28;
@@ -73,6 +74,79 @@ export function decodeSockaddr(buf: Buffer, offset = 0): Endpoint {
   const scope = buf.readUInt32LE(offset + 24);
   const address = ipv6BytesToText(buf, a) + (scope !== 0 ? `%${scope}` : '');
   return { address, port, family: 6 };
+}
+
+/** The (address, port) a control message carries, from the 28-byte sockaddr at buf[offset] (e.g. where a datagram came from). */
+export function wireEndpoint(sockaddr: Buffer, offset = 0): WireEndpoint {
+  const e = decodeSockaddr(sockaddr, offset);
+  return { address: e.address, port: e.port };
+}
+
+/**
+ * 30-bit FNV-1a of the 28-byte sockaddr at buf[at]: a small integer (no boxing as a Map key), so a
+ * lookup by a datagram's source allocates nothing. Equal sockaddrs hash equally; collisions are
+ * resolved by comparing the bytes (EndpointMap).
+ */
+export function sockaddrHash(buf: Buffer, at = 0): number {
+  let h = 0x811c9dc5;
+  for (let i = at; i < at + SOCKADDR_SIZE; i++) {
+    h ^= buf[i]!;
+    h = Math.imul(h, 0x01000193);
+  }
+  return h & 0x3fffffff;
+}
+
+/** A map keyed by 28-byte sockaddrs, looked up straight from a receive batch's address array without allocating. */
+export class EndpointMap<T> {
+  private readonly buckets = new Map<number, { endpoint: Buffer; value: T }[]>();
+  private count = 0;
+
+  get size(): number {
+    return this.count;
+  }
+
+  /** The value for the sockaddr at buf[at]. */
+  get(buf: Buffer, at = 0): T | undefined {
+    const list = this.buckets.get(sockaddrHash(buf, at));
+    if (list === undefined) return undefined;
+    for (let i = 0; i < list.length; i++) {
+      const e = list[i]!;
+      if (buf.compare(e.endpoint, 0, SOCKADDR_SIZE, at, at + SOCKADDR_SIZE) === 0) return e.value;
+    }
+    return undefined;
+  }
+
+  /** Sets the value for `endpoint` (its first 28 bytes are copied). */
+  set(endpoint: Buffer, value: T): void {
+    const h = sockaddrHash(endpoint, 0);
+    let list = this.buckets.get(h);
+    if (list === undefined) this.buckets.set(h, (list = []));
+    for (const e of list) {
+      if (endpoint.compare(e.endpoint, 0, SOCKADDR_SIZE, 0, SOCKADDR_SIZE) === 0) {
+        e.value = value;
+        return;
+      }
+    }
+    list.push({ endpoint: Buffer.from(endpoint.subarray(0, SOCKADDR_SIZE)), value });
+    this.count++;
+  }
+
+  delete(endpoint: Buffer): boolean {
+    const h = sockaddrHash(endpoint, 0);
+    const list = this.buckets.get(h);
+    if (list === undefined) return false;
+    const i = list.findIndex((e) => endpoint.compare(e.endpoint, 0, SOCKADDR_SIZE, 0, SOCKADDR_SIZE) === 0);
+    if (i < 0) return false;
+    list.splice(i, 1);
+    if (list.length === 0) this.buckets.delete(h);
+    this.count--;
+    return true;
+  }
+
+  clear(): void {
+    this.buckets.clear();
+    this.count = 0;
+  }
 }
 
 /** "1.2.3.4:5" or "[::1]:5", from (address, port), an Endpoint, or a 28-byte sockaddr at offset. */

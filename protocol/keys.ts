@@ -149,8 +149,11 @@ export function randomId32(): number {
   }
 }
 
-/** Kdcdc (or Kdcrs) and its key ID from a mutually authenticated TLS session (RFC 5705 exporter). */
-export function exportServerKey(socket: TLSSocket, label: 'kdcdc' | 'kdcrs'): { keyId: number; key: Buffer } {
+/** Kdcrs from first contact lives this long at both ends (the DC makes first contact again after it). */
+export const KDCRS_LIFETIME_MS = 3600_000;
+
+/** Kdcdc (or Kdcrs, Kdcns) and its key ID from a mutually authenticated TLS session (RFC 5705 exporter). */
+export function exportServerKey(socket: TLSSocket, label: 'kdcdc' | 'kdcrs' | 'kdcns'): { keyId: number; key: Buffer } {
   const m = socket.exportKeyingMaterial(36, `EXPORTER-ntmobile-${label}`, Buffer.alloc(0));
   const keyId = m.readUInt32BE(32) || 1;
   return { keyId, key: Buffer.from(m.subarray(0, 32)) };

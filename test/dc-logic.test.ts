@@ -7,7 +7,69 @@ import { join } from 'node:path';
 import { isIPv4, isIPv6 } from 'node:net';
 import { behindNat, decideRoute, type EndView } from '../servers/dc/route.js';
 import { Registry, RegistryError, type NodeKey, type PoolConfig, type Registration } from '../servers/dc/registry.js';
-import { ipv4ToNumber, ipv6ToBytes } from '../protocol/ip.js';
+import { ipv4ToNumber, ipv6ToBytes, isPrivateOrReserved, parsePrefix, prefixContains, reservedRange, sameAddress } from '../protocol/ip.js';
+
+// ---- addresses a general host cannot have (protocol/ip.ts) -------------------------------------
+
+t.test('isPrivateOrReserved: IPv4 ranges and their edges', async (t) => {
+  const reserved = [
+    '0.0.0.0', '0.255.255.255', '10.0.0.0', '10.255.255.255', '100.64.0.0', '100.127.255.255', '127.0.0.1', '127.255.255.255',
+    '169.254.0.0', '169.254.169.254', '169.254.255.255', '172.16.0.0', '172.31.255.255', '192.168.0.0', '192.168.255.255',
+    '224.0.0.0', '239.255.255.255', '240.0.0.0', '255.255.255.254', '255.255.255.255',
+  ];
+  const publicAddrs = [
+    '1.0.0.0', '9.255.255.255', '11.0.0.0', '100.63.255.255', '100.128.0.0', '126.255.255.255', '128.0.0.0', '169.253.255.255',
+    '169.255.0.0', '172.15.255.255', '172.32.0.0', '192.167.255.255', '192.169.0.0', '223.255.255.255',
+    // The testbed's Internet (RFC 2544 benchmarking) and the documentation ranges are not refused.
+    '198.18.0.0', '198.18.0.30', '198.19.255.255', '192.0.2.80', '203.0.113.1', '8.8.8.8',
+  ];
+  for (const a of reserved) t.ok(isPrivateOrReserved(a), `${a} is private or reserved`);
+  for (const a of publicAddrs) t.notOk(isPrivateOrReserved(a), `${a} may be a host on the Internet`);
+  t.same(reservedRange('172.20.1.1'), { range: '172.16.0.0/12', what: 'private (RFC 1918)', private: true });
+  t.same(reservedRange('100.100.1.1'), { range: '100.64.0.0/10', what: 'shared address space (carrier-grade NAT, RFC 6598)', private: true });
+  t.match(reservedRange('255.255.255.255'), { range: '240.0.0.0/4', private: false });
+  t.match(reservedRange('127.0.0.53'), { what: 'loopback', private: false });
+});
+
+t.test('isPrivateOrReserved: IPv6 ranges, IPv4-mapped and NAT64 judged by their IPv4 address', async (t) => {
+  const reserved = [
+    '::', '::1', '0:0:0:0:0:0:0:1', 'fc00::', 'fd4e:544d:1::2', 'fdff:ffff:ffff:ffff:ffff:ffff:ffff:ffff', 'fe80::1', 'fe80::1%1',
+    'febf:ffff::1', 'ff02::1', 'ff00::', 'ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff',
+    '::ffff:127.0.0.1', '::ffff:10.1.2.3', '::ffff:a9fe:a9fe', '::ffff:0.0.0.0', '64:ff9b::10.0.0.1', '64:ff9b::a9fe:a9fe', '64:ff9b::127.0.0.1',
+    'not an address', '',
+  ];
+  const publicAddrs = [
+    '::2', 'fbff:ffff::1', 'fe00::1', 'fec0::1', 'feff::1', '2001:db8::80', '2a00:1450::1', '2001:db8:0:1::10',
+    '::ffff:192.0.2.80', '::ffff:198.18.0.30', '::ffff:172.32.0.0', '64:ff9b::192.0.2.1', '64:ff9b::8.8.8.8',
+    // Only the well-known NAT64 prefix is judged by what it carries.
+    '64:ff9c::10.0.0.1', '64:ff9b:1::10.0.0.1',
+  ];
+  for (const a of reserved) t.ok(isPrivateOrReserved(a), `${JSON.stringify(a)} is private or reserved`);
+  for (const a of publicAddrs) t.notOk(isPrivateOrReserved(a), `${a} may be a host on the Internet`);
+  t.same(reservedRange('fd00::1'), { range: 'fc00::/7', what: 'unique local (ULA)', private: true });
+  t.same(reservedRange('::ffff:192.168.1.1'), { range: '::ffff:192.168.0.0/16', what: 'IPv4-mapped private (RFC 1918)', private: true });
+  t.same(reservedRange('64:ff9b::169.254.169.254'), { range: '64:ff9b::169.254.0.0/16', what: 'NAT64 of link-local', private: false });
+  t.match(reservedRange('::'), { what: 'unspecified', private: false });
+});
+
+t.test('prefixes and address comparison', async (t) => {
+  const p4 = parsePrefix('10.77.0.0/16')!;
+  t.ok(prefixContains(p4, '10.77.255.255'));
+  t.notOk(prefixContains(p4, '10.78.0.0'));
+  t.notOk(prefixContains(p4, '::ffff:10.77.0.1'), 'an IPv6 address is not in an IPv4 prefix');
+  const p6 = parsePrefix('fd4e:544d:1::/64')!;
+  t.ok(prefixContains(p6, 'fd4e:544d:1::5'));
+  t.notOk(prefixContains(p6, 'fd4e:544d:2::5'));
+  const odd = parsePrefix('172.16.0.0/12')!;
+  t.ok(prefixContains(odd, '172.31.0.1'));
+  t.notOk(prefixContains(odd, '172.32.0.1'));
+  t.ok(prefixContains(parsePrefix('0.0.0.0/0')!, '8.8.8.8'));
+  for (const bad of ['10.0.0.0', '10.0.0.0/33', 'x/8', '::/129', '10.0.0.0/-1', '10.0.0.0/1e1']) t.equal(parsePrefix(bad), null, bad);
+  t.ok(sameAddress('2001:db8::1', '2001:0db8:0:0:0:0:0:1'));
+  t.ok(sameAddress('192.0.2.1', '::ffff:192.0.2.1'));
+  t.notOk(sameAddress('192.0.2.1', '192.0.2.2'));
+  t.notOk(sameAddress('x', 'x'));
+});
 
 // ---- route ------------------------------------------------------------------------------------
 

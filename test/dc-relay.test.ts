@@ -14,11 +14,11 @@ import { ControlChannel, type Incoming } from '../protocol/channel.js';
 import { DirectionFlags, KeyClass, PathKind, Role, Status, statusName, type Body } from '../protocol/control.js';
 import { DnsCounters, DnsListener, buildResponse, addressRecords, normalizeName, type QueryPacket } from '../protocol/dns.js';
 import { decodeSockaddr, encodeSockaddr } from '../protocol/endpoint.js';
-import { exportServerKey, generateX25519 } from '../protocol/keys.js';
+import { exportServerKey, generateX25519, KDCRS_LIFETIME_MS } from '../protocol/keys.js';
 import { createPki, type IssuedCert } from '../lab/pki.js';
 import { ConfigError, parseDcConfig, parseRelays } from '../servers/dc/config.js';
-import { DirectionCoordinator, gatewayTarget, type DcConfig } from '../servers/dc/dc.js';
-import { contactRelay, KDCRS_LIFETIME_MS, orderRelays, pickRelays, RelayServers, rendezvousScore, type RelayConfig, type RelayContact } from '../servers/dc/relays.js';
+import { DirectionCoordinator, gatewayTarget, gatewayTargetRefusal, type DcConfig } from '../servers/dc/dc.js';
+import { contactRelay, orderRelays, pickRelays, preferHealthy, RELAY_FAILURE_MEMORY_MS, RelayServers, rendezvousScore, type RelayConfig, type RelayContact } from '../servers/dc/relays.js';
 import { decideRoute, relayPlan, type EndView } from '../servers/dc/route.js';
 import { writeMessage } from '../servers/tls.js';
 
@@ -125,12 +125,28 @@ t.test('decideRoute: the relay cases and their reasons (the DC logs them)', asyn
   t.equal(decideRoute(natted('198.51.100.10', 61000, '192.168.1.10'), natted('198.51.100.10', 61001, '192.168.1.11')).kind, 'direct', 'one NAT with private addresses stays direct');
 });
 
-t.test('gatewayTarget: addresses a general host cannot have are not handed to an RS', async (t) => {
-  for (const a of ['198.18.0.30', '192.0.2.80', '8.8.8.8', '10.1.2.3', '2001:db8::80', '2a00:1450::1']) t.ok(gatewayTarget(a), a);
-  for (const a of ['0.0.0.0', '0.1.2.3', '127.0.0.1', '127.9.9.9', '169.254.1.1', '224.0.0.1', '239.1.1.1', '255.255.255.255', '::', '::1', 'fe80::1', 'febf::1', 'ff02::1', '::ffff:127.0.0.1', 'x']) {
-    t.notOk(gatewayTarget(a), a);
-  }
-  t.ok(gatewayTarget('::ffff:192.0.2.80'), 'IPv4-mapped global');
+t.test('gatewayTarget: private and reserved addresses, the VIP pools and the fleet’s servers are not handed to an RS', async (t) => {
+  for (const a of ['198.18.0.30', '192.0.2.80', '8.8.8.8', '2001:db8::80', '2a00:1450::1', '::ffff:192.0.2.80']) t.ok(gatewayTarget(a), a);
+  const never = ['0.0.0.0', '0.1.2.3', '127.0.0.1', '127.9.9.9', '169.254.169.254', '224.0.0.1', '239.1.1.1', '255.255.255.255', '::', '::1', 'fe80::1', 'febf::1', 'ff02::1', '::ffff:127.0.0.1', '64:ff9b::a9fe:a9fe', 'x'];
+  const privateOnes = ['10.1.2.3', '172.16.0.1', '192.168.1.1', '100.64.0.1', 'fd00::1', '::ffff:10.0.0.1'];
+  for (const a of [...never, ...privateOnes]) t.notOk(gatewayTarget(a), `${a}: refused by default`);
+  const allow = { allowPrivate: true };
+  for (const a of privateOnes) t.ok(gatewayTarget(a, allow), `${a}: allowed with allowPrivate`);
+  for (const a of never) t.notOk(gatewayTarget(a, allow), `${a}: refused even with allowPrivate`);
+  t.equal(gatewayTargetRefusal('10.1.2.3'), 'private (RFC 1918) (10.0.0.0/8); general.allowPrivate is off');
+  t.equal(gatewayTargetRefusal('169.254.169.254', allow), 'link-local (169.254.0.0/16)');
+
+  const policy = {
+    allowPrivate: true,
+    pools: ['10.77.0.0/16', 'fd4e:544d:1::/64'],
+    excluded: [{ address: '198.18.0.14', what: 'the address of RS rs1.relay.test' }, { address: '2001:db8::e', what: 'the address of RS rs1.relay.test' }],
+  };
+  t.equal(gatewayTargetRefusal('10.77.0.9', policy), 'inside the VIP pool 10.77.0.0/16', 'a VIP is a node’s');
+  t.equal(gatewayTargetRefusal('fd4e:544d:1::9', policy), 'inside the VIP pool fd4e:544d:1::/64');
+  t.equal(gatewayTargetRefusal('198.18.0.14', policy), 'the address of RS rs1.relay.test', 'the RS itself, though on the Internet');
+  t.equal(gatewayTargetRefusal('2001:0db8:0::e', policy), 'the address of RS rs1.relay.test', 'in any of its forms');
+  t.equal(gatewayTargetRefusal('10.78.0.9', policy), null, 'another DC’s pool is only private');
+  t.equal(gatewayTargetRefusal('198.18.0.15', policy), null);
 });
 
 // ---- config -----------------------------------------------------------------------------------
@@ -148,6 +164,15 @@ t.test('config relays: defaults, both families, ports', async (t) => {
     { name: 'rs1.relay.test', address: '198.18.0.14', address6: null, port: 4600, tlsPort: 4601 },
     { name: 'rs2.relay.test', address: null, address6: '2001:db8::f', port: 14600, tlsPort: 14601 },
   ], 'ports default to 4600/4601; one family is enough');
+});
+
+t.test('config general: allowPrivate off by default; bad input named', async (t) => {
+  t.strictSame(cfg({}).general, { allowPrivate: false });
+  t.strictSame(cfg({ general: {} }).general, { allowPrivate: false });
+  t.strictSame(cfg({ general: { allowPrivate: true } }).general, { allowPrivate: true });
+  t.throws(() => cfg({ general: { allowPrivate: 'yes' } }), { name: 'ConfigError', message: /^general\.allowPrivate: "yes" is not true or false$/ });
+  t.throws(() => cfg({ general: { allowPrivates: true } }), { name: 'ConfigError', message: /^general\.allowPrivates: unknown setting \(known: allowPrivate\)$/ });
+  t.throws(() => cfg({ general: [] }), { name: 'ConfigError', message: /^general: want an object$/ });
 });
 
 t.test('config relays: bad input is refused with the field named', async (t) => {
@@ -214,6 +239,33 @@ t.test('RelayServers: one contact for concurrent callers, expiry after an hour, 
   t.equal(contacts.length, 4, 'the failure was not cached: the next call contacts again');
   t.match(rs.status()[0], { contacted: true, keyId: d.keyId, lastError: null });
   await t.rejects(rs.ensure('rs9.relay.test'), /not configured/);
+});
+
+t.test('RelayServers: an RS that failed within the last minute is tried after the others, in rendezvous order', async (t) => {
+  const clock = { t: 1_700_000_000_000 };
+  const three = [relay('rs1.relay.test', '198.18.0.14'), relay('rs2.relay.test', '198.18.0.15'), relay('rs3.relay.test', '198.18.0.16')];
+  const rs = new RelayServers(three, async () => ({ keyId: 1, key: Buffer.alloc(32), publicKey: Buffer.alloc(32, 1) }), () => clock.t);
+  const order = orderRelays(three, 'a.test', 'b.test');
+  const [first, second, third] = names(order);
+  t.strictSame(names(rs.tryOrder(order)), names(order), 'no failures: the rendezvous order');
+  rs.failed(first!, 'TLS: connect ECONNREFUSED');
+  t.strictSame(names(rs.tryOrder(order)), [second, third, first], 'the dead first choice is tried last');
+  t.match(rs.status().find((r) => r.name === first), { failedAt: clock.t, lastError: /ECONNREFUSED/ });
+  clock.t += 10_000;
+  rs.failed(second!, 'overQuota: full');
+  t.strictSame(names(rs.tryOrder(order)), [third, first, second], 'two failed: both last, still in rendezvous order');
+  clock.t += RELAY_FAILURE_MEMORY_MS - 10_000 - 1;
+  t.strictSame(names(rs.tryOrder(order)), [third, first, second], 'just under a minute: still remembered');
+  clock.t += 1;
+  t.strictSame(names(rs.tryOrder(order)), [first, third, second], 'a minute after its failure the first choice is first again');
+  rs.succeeded(second!);
+  t.strictSame(names(rs.tryOrder(order)), names(order), 'an RS that carried a route is no longer tried last');
+  t.equal(rs.status().find((r) => r.name === second)?.failedAt, null);
+
+  // The pure rule.
+  const failedAt = new Map([['rs2.relay.test', 100], ['rs3.relay.test', 1]]);
+  t.strictSame(names(preferHealthy([three[2]!, three[1]!, three[0]!], (n) => failedAt.get(n), 1000, 60_000)), ['rs1.relay.test', 'rs3.relay.test', 'rs2.relay.test'], 'the healthy first, each group in the given order');
+  t.strictSame(names(preferHealthy(three, (n) => failedAt.get(n), 60_050, 60_000)), ['rs1.relay.test', 'rs3.relay.test', 'rs2.relay.test'], 'rs3’s failure is forgotten, rs2’s not');
 });
 
 // ---- first contact over mutual TLS ------------------------------------------------------------
@@ -406,7 +458,7 @@ async function fakeDns(t: Test, records: Record<string, { a?: string[]; aaaa?: s
   return `127.0.0.1:${listener.port}`;
 }
 
-async function startDc(t: Test, relays: RelayConfig[], resolvers: string[] = []): Promise<DirectionCoordinator> {
+async function startDc(t: Test, relays: RelayConfig[], resolvers: string[] = [], extra: Partial<DcConfig> = {}): Promise<DirectionCoordinator> {
   const dir = mkdtempSync(join(tmp, 'dc-'));
   const config: DcConfig = {
     zone: 'fleet1.test',
@@ -426,6 +478,7 @@ async function startDc(t: Test, relays: RelayConfig[], resolvers: string[] = [])
     relays,
     retransmit: { initialMs: 100, maxMs: 200, tries: 3 },
     verbose: true,
+    ...extra,
   };
   const dc = new DirectionCoordinator(config);
   await dc.start();
@@ -525,6 +578,17 @@ t.test('DC: an RS that is down is skipped for the next in rendezvous order; a re
   t.match(logged(new RegExp(`^route ${toMn.routeId}: RS ${order[0]!.replace(/\./g, '\\.')} failed: `)), /ECONNREFUSED/, 'the dead RS logged');
   t.match(logged(new RegExp(`^route ${toMn.routeId}: RS ${order[1]!.replace(/\./g, '\\.')} failed: `)), / failed: overQuota: refused by the test$/, 'the refusal logged');
   t.match((dc.status() as { relays: { name: string; lastError: string | null }[] }).relays.find((r) => r.name === order[0])?.lastError, /ECONNREFUSED/);
+
+  // The next route of the same pair: the two that just failed are tried after the third.
+  const before = dcLines.length;
+  const again = route(t, await direct(mn, dc, 'rb.fleet1.test'));
+  t.equal(again.via, order[2], 'carried by the RS that worked');
+  t.equal(rs.got.length, 3, 'one more Relay Direction, to it alone');
+  t.match(dc.status(), { counters: { relayRoutes: 2, relayFailures: 2 } }, 'the dead RS was not tried first again');
+  t.notOk(dcLines.slice(before).some((l) => / failed: /.test(l)), 'no failure this time');
+  const st = (dc.status() as { relays: { name: string; failedAt: number | null }[] }).relays;
+  t.ok(st.find((r) => r.name === order[0])!.failedAt !== null && st.find((r) => r.name === order[1])!.failedAt !== null, 'the failures are in the status');
+  t.equal(st.find((r) => r.name === order[2])!.failedAt, null);
 });
 
 t.test('DC: an RS that restarted (forgot Kdcrs) is contacted again and the direction retried once', async (t) => {
@@ -617,6 +681,30 @@ t.test('DC: a name with no NTMobile DC (no NS anywhere) is a general host; a dua
   t.match(rs.got[0]?.body, { targets4: ['192.0.2.81'], targets6: ['2001:db8::81'] });
   t.match(toMn, { path: PathKind.gateway, peerVip4: '192.0.2.81', peerVip6: '2001:db8::81', peerEndpoint: { address: '::1', port: rs.udpPort } }, "MN (IPv6) reaches the RS over IPv6");
   t.match(logged(new RegExp(`^route ${toMn.routeId} `)), /: gateway via rs1\.relay\.test \(no NTMobile DC for www\.nodc\.test; 192\.0\.2\.81, 2001:db8::81\)$/);
+});
+
+t.test('DC: a general host’s private or reserved addresses, VIP pool addresses and the RS’s own address are not handed on', async (t) => {
+  const resolver = await fakeDns(t, {
+    'private.general.test': { a: ['10.1.2.3', '169.254.169.254'], aaaa: ['fd00::10'] },
+    'mixed.general.test': { a: ['10.1.2.3', '10.77.0.9', '192.0.2.90', '127.0.0.2'], aaaa: ['fd00::10', 'fd4e:544d:1::9'] },
+  });
+  const rs = await fakeRs(t);
+  const dc = await startDc(t, [rsAt(rs)], [resolver]);
+  const mn = await fakeNode(t, dc, 'ra.fleet1.test', '127.0.0.1');
+  t.match(await direct(mn, dc, 'private.general.test', DirectionFlags.general), {
+    ack: { status: Status.unknownName, reason: /no usable A or AAAA record \(left out: 10\.1\.2\.3: private \(RFC 1918\) \(10\.0\.0\.0\/8\); general\.allowPrivate is off; 169\.254\.169\.254: link-local/ },
+  }, 'nothing left: unknownName, saying why');
+  const toMn = route(t, await direct(mn, dc, 'mixed.general.test', DirectionFlags.general));
+  t.match(rs.got.at(-1)?.body, { targets4: ['192.0.2.90'], targets6: [] });
+  t.strictSame(toMn.peerVips4, ['192.0.2.90']);
+  t.ok(logged(/^general host mixed\.general\.test: left out 10\.1\.2\.3: private/), 'the DC logs what it left out');
+
+  // allowPrivate: private ranges go through; the VIP pools, loopback and the RS's address never do.
+  const open = await startDc(t, [rsAt(rs, 'rs1.relay.test', '127.0.0.1', '::1')], [resolver], { general: { allowPrivate: true } });
+  const mn2 = await fakeNode(t, open, 'ra.fleet1.test', '127.0.0.1');
+  const toMn2 = route(t, await direct(mn2, open, 'mixed.general.test', DirectionFlags.general));
+  t.match(rs.got.at(-1)?.body, { targets4: ['10.1.2.3', '192.0.2.90'], targets6: ['fd00::10'] });
+  t.strictSame(toMn2.peerVips6, ['fd00::10']);
 });
 
 t.test('DC: without relays, a general host is refused with relayRequired', async (t) => {

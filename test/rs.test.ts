@@ -19,7 +19,7 @@ import { newMessageId } from '../protocol/channel.js';
 import { PacketBatch } from '../tunnel/io.js';
 import { buildGatewayRuleset } from '../servers/rs/gateway.js';
 import { parseRsConfig } from '../servers/rs/config.js';
-import { Relay, RELAY_DEFAULTS, type RelayQuota } from '../servers/rs/relay.js';
+import { Relay, RELAY_DEFAULTS, type RelayQuota, type RelayRoute } from '../servers/rs/relay.js';
 import { RelayServer, type RsConfig } from '../servers/rs/rs.js';
 import { connectMutualTls, readMessage } from '../servers/tls.js';
 import { FakeSocket } from './fakes.js';
@@ -60,11 +60,15 @@ const tunnelResponse = (spi: number, status: number = Status.ok, routeId = ROUTE
   body: { inReplyTo: 1n, status, routeId, spi, ephemeral: Buffer.alloc(32, 3), nonce: Buffer.alloc(32, 4), confirm: Buffer.alloc(32, 5) },
 });
 
+/** Where forwardControl sends the datagram (the receiving side's endpoint), or null. */
+const ctl = (r: Relay, route: RelayRoute, message: ControlMessage, from: Buffer, length: number, now: number): Buffer | null =>
+  r.forwardControl(route, message, from, length, now)?.endpoint ?? null;
+
 /** Both SPIs learned: A's from its Tunnel Request, B's from its Tunnel Response. */
 function established(quota: Partial<RelayQuota> = {}) {
   const r = punched(quota);
-  check(r.forwardControl(r.route(ROUTE, T0)!, tunnelRequest('a.test', SPI_A), A, 150, T0)?.equals(B) === true, 'request forwarded');
-  check(r.forwardControl(r.route(ROUTE, T0)!, tunnelResponse(SPI_B), B, 180, T0)?.equals(A) === true, 'response forwarded');
+  check(ctl(r, r.route(ROUTE, T0)!, tunnelRequest('a.test', SPI_A), A, 150, T0)?.equals(B) === true, 'request forwarded');
+  check(ctl(r, r.route(ROUTE, T0)!, tunnelResponse(SPI_B), B, 180, T0)?.equals(A) === true, 'response forwarded');
   return r;
 }
 
@@ -78,14 +82,14 @@ function esp(spi: number, size = 100): Buffer {
 
 const fwd = (r: Relay, spi: number, from: Buffer, now = T0, size = 100) => {
   const d = esp(spi, size);
-  return r.forwardEsp(d, 0, d.length, from, 0, now);
+  return r.forwardEsp(d, 0, d.length, from, 0, now)?.endpoint ?? null;
 };
 
 // ---- the relay core ---------------------------------------------------------------------------
 
 t.test('a punch teaches the endpoint of its own side; only the route’s nodes may punch', async (t) => {
   const r = relay();
-  t.same(r.addRoute({ routeId: ROUTE, ktun: KTUN, expiresAt: T0 + 60_000, nodeA: 'a.test', nodeB: 'b.test' }, T0), { ok: true });
+  t.same(r.addRoute({ routeId: ROUTE, ktun: KTUN, expiresAt: T0 + 60_000, nodeA: 'a.test', nodeB: 'b.test' }, T0), { ok: true, created: true });
   t.same(r.punch(ROUTE, 'a.test', A, T0 + 1), { ok: true, moved: false });
   t.same(r.punch(ROUTE, 'c.test', X, T0 + 2), { ok: false, reason: 'foreignNode' }, 'a third node');
   t.same(r.punch(999, 'a.test', X, T0 + 2), { ok: false, reason: 'unknownRoute' });
@@ -106,18 +110,18 @@ t.test('relayed Tunnel Request/Response: only between punched endpoints, SPIs le
   r.addRoute({ routeId: ROUTE, ktun: KTUN, expiresAt: T0 + 60_000, nodeA: 'a.test', nodeB: 'b.test' }, T0);
   const route = r.route(ROUTE, T0)!;
   r.punch(ROUTE, 'a.test', A, T0);
-  t.equal(r.forwardControl(route, tunnelRequest('a.test', SPI_A), X, 150, T0), null, 'from an address nobody punched from');
+  t.equal(ctl(r, route, tunnelRequest('a.test', SPI_A), X, 150, T0), null, 'from an address nobody punched from');
   t.equal(r.counters.controlDropUnknownSource, 1);
-  t.equal(r.forwardControl(route, tunnelRequest('a.test', SPI_A), A, 150, T0), null, 'B has not punched: nowhere to go');
+  t.equal(ctl(r, route, tunnelRequest('a.test', SPI_A), A, 150, T0), null, 'B has not punched: nowhere to go');
   t.equal(r.counters.controlDropPeerNotLearned, 1);
   r.punch(ROUTE, 'b.test', B, T0);
-  t.equal(r.forwardControl(route, tunnelRequest('b.test', SPI_A), A, 150, T0), null, 'A’s endpoint speaking for B');
-  t.equal(r.forwardControl(route, tunnelRequest('a.test', SPI_A, 77), A, 150, T0), null, 'another route ID in the body');
+  t.equal(ctl(r, route, tunnelRequest('b.test', SPI_A), A, 150, T0), null, 'A’s endpoint speaking for B');
+  t.equal(ctl(r, route, tunnelRequest('a.test', SPI_A, 77), A, 150, T0), null, 'another route ID in the body');
   t.equal(r.counters.controlDropMismatch, 2);
-  t.same(r.forwardControl(route, tunnelRequest('a.test', SPI_A), A, 150, T0), B, 'A → B');
-  t.same(r.forwardControl(route, tunnelRequest('a.test', SPI_A), A, 150, T0), B, 'a retransmission is forwarded again');
-  t.same(r.forwardControl(route, tunnelResponse(0, Status.badRequest), B, 180, T0), A, 'a refusal is forwarded, no SPI learned');
-  t.same(r.forwardControl(route, tunnelResponse(SPI_B), B, 180, T0), A, 'B → A');
+  t.same(ctl(r, route, tunnelRequest('a.test', SPI_A), A, 150, T0), B, 'A → B');
+  t.same(ctl(r, route, tunnelRequest('a.test', SPI_A), A, 150, T0), B, 'a retransmission is forwarded again');
+  t.same(ctl(r, route, tunnelResponse(0, Status.badRequest), B, 180, T0), A, 'a refusal is forwarded, no SPI learned');
+  t.same(ctl(r, route, tunnelResponse(SPI_B), B, 180, T0), A, 'B → A');
   t.same(r.status()[0]!.a.spis, [SPI_A], 'A’s inbound SPI, once');
   t.same(r.status()[0]!.b.spis, [SPI_B]);
   t.equal(r.counters.controlForwarded, 4);
@@ -147,13 +151,13 @@ t.test('an unpunched peer gets nothing, not even after the other side’s SPIs a
   const r = relay();
   r.addRoute({ routeId: ROUTE, ktun: KTUN, expiresAt: T0 + 60_000, nodeA: 'a.test', nodeB: 'b.test' }, T0);
   r.punch(ROUTE, 'a.test', A, T0);
-  t.equal(r.forwardControl(r.route(ROUTE, T0)!, tunnelRequest('a.test', SPI_A), A, 150, T0), null);
+  t.equal(ctl(r, r.route(ROUTE, T0)!, tunnelRequest('a.test', SPI_A), A, 150, T0), null);
   t.equal(fwd(r, SPI_A, B), null, 'no SPI was learned from a request that went nowhere');
   t.equal(r.counters.espDropUnknownSpi, 1);
   t.same(r.status()[0]!.a.spis, []);
 });
 
-t.test('the newest punch wins: a side that moves takes its traffic with it', async (t) => {
+t.test('the last authenticated punch wins: a side that moves takes its traffic with it', async (t) => {
   const r = established();
   t.same(r.punch(ROUTE, 'a.test', A2, T0 + 10), { ok: true, moved: true });
   t.equal(r.counters.punchEndpointMoves, 1);
@@ -163,6 +167,53 @@ t.test('the newest punch wins: a side that moves takes its traffic with it', asy
   t.equal(r.status()[0]!.a.endpoint, '198.51.100.99:50002');
   t.notOk(r.keepalive(A, 0, T0 + 12), 'the old address is no longer known to keepalives');
   t.ok(r.keepalive(A2, 0, T0 + 12));
+});
+
+t.test('an SPI another route already forwards from the same source is refused: the older route keeps it', async (t) => {
+  const r = established();
+  // Route 2's node d punches from B's address (a spoofed source), its other node c sits at X and
+  // asks for ESP on A's SPI: B's ESP on that SPI would go to X if the newer route won.
+  check(r.addRoute({ routeId: 2, ktun: KTUN, expiresAt: T0 + 3600_000, nodeA: 'c.test', nodeB: 'd.test' }, T0).ok, 'route 2');
+  check(r.punch(2, 'd.test', B, T0).ok && r.punch(2, 'c.test', X, T0).ok, 'route 2 punched');
+  const route2 = r.route(2, T0)!;
+  t.equal(ctl(r, route2, tunnelRequest('c.test', SPI_A, 2), X, 150, T0), null, 'not forwarded');
+  t.equal(r.counters.spiRefusedShadow, 1);
+  t.same(r.status().find((s) => s.routeId === 2)!.a.spis, [], 'not learned');
+  t.equal(r.status().find((s) => s.routeId === 2)!.bytes, 0, 'nothing charged');
+  t.same(fwd(r, SPI_A, B), A, 'B’s ESP on A’s SPI still goes to A');
+  t.same(ctl(r, route2, tunnelRequest('c.test', 0x4444, 2), X, 150, T0), B, 'another SPI is fine');
+  t.same(ctl(r, route2, tunnelRequest('c.test', 0x4444, 2), X, 150, T0), B, 'and its retransmission');
+  t.equal(r.counters.spiRefusedShadow, 1);
+  t.ok(r.spiLearned(SPI_A) && r.spiLearned(0x4444) && !r.spiLearned(0x5555));
+
+  // The same SPI from another source is another forwarding entry, no conflict.
+  const r2 = established();
+  r2.addRoute({ routeId: 2, ktun: KTUN, expiresAt: T0 + 3600_000, nodeA: 'c.test', nodeB: 'd.test' }, T0);
+  const Y = encodeSockaddr('203.0.113.77', 4500);
+  r2.punch(2, 'd.test', Y, T0);
+  r2.punch(2, 'c.test', X, T0);
+  t.same(ctl(r2, r2.route(2, T0)!, tunnelRequest('c.test', SPI_A, 2), X, 150, T0), Y, 'SPI_A from Y is route 2’s');
+  t.same(fwd(r2, SPI_A, Y), X);
+  t.same(fwd(r2, SPI_A, B), A);
+  // d then moves to B: both entries now match (SPI_A, B); the older route keeps it.
+  t.same(r2.punch(2, 'd.test', B, T0 + 1), { ok: true, moved: true });
+  t.same(fwd(r2, SPI_A, B, T0 + 1), A, 'the older route wins the lookup');
+  // Once route 1 is gone, route 2 may have it.
+  r2.remove(r2.route(ROUTE, T0 + 1)!);
+  t.same(fwd(r2, SPI_A, B, T0 + 1), X);
+});
+
+t.test('an SPI the RS’s gateway owns is never learned for a relayed route', async (t) => {
+  const r = new Relay({ ...RELAY_DEFAULTS, spiOwnedElsewhere: (spi) => spi === SPI_B });
+  r.addRoute({ routeId: ROUTE, ktun: KTUN, expiresAt: T0 + 3600_000, nodeA: 'a.test', nodeB: 'b.test' }, T0);
+  r.punch(ROUTE, 'a.test', A, T0);
+  r.punch(ROUTE, 'b.test', B, T0);
+  const route = r.route(ROUTE, T0)!;
+  t.same(ctl(r, route, tunnelRequest('a.test', SPI_A), A, 150, T0), B);
+  t.equal(ctl(r, route, tunnelResponse(SPI_B), B, 180, T0), null, 'a Tunnel Response with a gateway tunnel’s SPI is not forwarded');
+  t.equal(r.counters.spiRefusedGateway, 1);
+  t.same(r.status()[0]!.b.spis, []);
+  t.equal(fwd(r, SPI_B, A), null);
 });
 
 t.test('rate quota per route and per node: drops counted, nothing spent on a refusal', async (t) => {
@@ -186,9 +237,9 @@ t.test('rate quota per route and per node: drops counted, nothing spent on a ref
   n.punch(1, 'b.test', B, T0);
   n.punch(2, 'a.test', A, T0);
   n.punch(2, 'c.test', C, T0);
-  t.same(n.forwardControl(n.route(1, T0)!, tunnelRequest('a.test', 0x1111, 1), A, 600, T0), B);
-  t.equal(n.forwardControl(n.route(2, T0)!, tunnelRequest('a.test', 0x2222, 2), A, 600, T0), null, 'a.test’s second route shares its node quota');
-  t.same(n.forwardControl(n.route(2, T0)!, tunnelResponse(0x3333, Status.ok, 2), C, 600, T0), A, 'c.test has its own');
+  t.same(ctl(n, n.route(1, T0)!, tunnelRequest('a.test', 0x1111, 1), A, 600, T0), B);
+  t.equal(ctl(n, n.route(2, T0)!, tunnelRequest('a.test', 0x2222, 2), A, 600, T0), null, 'a.test’s second route shares its node quota');
+  t.same(ctl(n, n.route(2, T0)!, tunnelResponse(0x3333, Status.ok, 2), C, 600, T0), A, 'c.test has its own');
   t.equal(n.counters.dropQuotaRate, 1);
 });
 
@@ -228,12 +279,12 @@ t.test('idle and hard expiry; keepalives keep a route alive', async (t) => {
 t.test('route limits and malformed directions', async (t) => {
   const r = relay({ maxRoutes: 3, maxRoutesPerNode: 2 });
   const d = (routeId: number, nodeA: string, nodeB: string) => ({ routeId, ktun: KTUN, expiresAt: T0 + 60_000, nodeA, nodeB });
-  t.same(r.addRoute(d(1, 'a.test', 'b.test'), T0), { ok: true });
-  t.same(r.addRoute(d(1, 'a.test', 'b.test'), T0), { ok: true }, 'the same direction again (idempotent)');
+  t.same(r.addRoute(d(1, 'a.test', 'b.test'), T0), { ok: true, created: true });
+  t.same(r.addRoute(d(1, 'a.test', 'b.test'), T0), { ok: true, created: false }, 'the same direction again (idempotent, nothing new)');
   t.match(r.addRoute(d(1, 'a.test', 'c.test'), T0), { ok: false, status: Status.badRequest, reason: /in use/ });
-  t.same(r.addRoute(d(2, 'a.test', 'c.test'), T0), { ok: true });
+  t.same(r.addRoute(d(2, 'a.test', 'c.test'), T0), { ok: true, created: true });
   t.match(r.addRoute(d(3, 'a.test', 'd.test'), T0), { ok: false, status: Status.overQuota, reason: /a\.test has 2 routes/ });
-  t.same(r.addRoute(d(4, 'e.test', 'd.test'), T0), { ok: true });
+  t.same(r.addRoute(d(4, 'e.test', 'd.test'), T0), { ok: true, created: true });
   t.match(r.addRoute(d(5, 'f.test', 'g.test'), T0), { ok: false, status: Status.overQuota, reason: /3 routes/ });
   t.match(r.addRoute(d(6, 'f.test', 'f.test'), T0), { ok: false, status: Status.badRequest });
   t.match(r.addRoute({ ...d(7, 'f.test', 'g.test'), expiresAt: T0 }, T0), { ok: false, status: Status.badRequest, reason: /expired/ });
@@ -474,6 +525,162 @@ t.test('server: relayed Tunnel Request, Response and ESP go through unchanged; f
 
 // ---- first contact over mutual TLS ------------------------------------------------------------
 
+t.test('server: the same Relay Direction again is acknowledged but not counted as a new one', async (t) => {
+  const s = server();
+  const body = { routeId: ROUTE, ktun: KTUN, expiresAt: T0 + 3600_000, nodeA: 'a.test', nodeB: 'b.test' };
+  s.deliver(sealed('relayDirection', body, KeyClass.dcrs, DC_KEY_ID, KDCRS), DC);
+  s.deliver(sealed('relayDirection', body, KeyClass.dcrs, DC_KEY_ID, KDCRS), DC); // a new message: a DC's retry
+  const acks = s.sent().map((d) => (open(d.data, KDCRS).body as Body<'ntmAck'>).status);
+  t.same(acks, [Status.ok, Status.ok]);
+  t.equal(s.rs.counters.relayDirections, 1);
+  t.equal(s.rs.counters.relayDirectionsRepeated, 1);
+  t.equal(s.rs.relay.counters.routesCreated, 1);
+});
+
+t.test('server: a hole punch whose route ID is not its key ID has its own counter', async (t) => {
+  const s = server();
+  s.direct();
+  s.deliver(sealed('holePunching', { routeId: ROUTE + 1, node: 'a.test', pad: HOLE_PUNCH_PAD }, KeyClass.tun, ROUTE, KTUN), A);
+  t.equal(s.sent().length, 0);
+  t.equal(s.rs.relay.counters.punchDropMismatch, 1);
+  t.equal(s.rs.relay.counters.punchDropUnknownRoute, 0);
+  t.equal(s.rs.status().routes[0]!.a.endpoint, null);
+});
+
+t.test('server: sends the socket refused are taken back: counters, route and side bytes agree', async (t) => {
+  let now = T0;
+  const rs = new RelayServer(rsConfig(), { now: () => now, log: () => undefined });
+  // Sends all but the last `refuse` datagrams of a batch (as sendBatch stopping at ENOBUFS), and
+  // refuses single sends while refuseOne is set.
+  class Refusing extends FakeSocket {
+    refuse = 0;
+    refuseOne = false;
+    override send(batch: PacketBatch): number {
+      const count = batch.count;
+      const n = Math.max(0, count - this.refuse);
+      batch.count = n;
+      super.send(batch);
+      batch.count = count;
+      return n;
+    }
+    override sendOne(data: Buffer, to: Buffer): boolean {
+      return this.refuseOne ? false : super.sendOne(data, to);
+    }
+  }
+  const sock = new Refusing(4600);
+  rs.attach(sock);
+  rs.addDcKey(DC_KEY_ID, KDCRS, 'dc.fleet1.test');
+  const deliver = (data: Buffer, from: Buffer) => sock.deliver([{ data, from }]);
+  deliver(sealed('relayDirection', { routeId: ROUTE, ktun: KTUN, expiresAt: T0 + 3600_000, nodeA: 'a.test', nodeB: 'b.test' }, KeyClass.dcrs, DC_KEY_ID, KDCRS), DC);
+  deliver(sealed('holePunching', { routeId: ROUTE, node: 'a.test', pad: HOLE_PUNCH_PAD }, KeyClass.tun, ROUTE, KTUN), A);
+  deliver(sealed('holePunching', { routeId: ROUTE, node: 'b.test', pad: HOLE_PUNCH_PAD }, KeyClass.tun, ROUTE, KTUN), B);
+  const request = sealed('tunnelRequest', { routeId: ROUTE, node: 'a.test', suite: 1, spi: SPI_A, ephemeral: Buffer.alloc(32, 1), nonce: Buffer.alloc(32, 2) }, KeyClass.tun, ROUTE, KTUN);
+  sock.refuseOne = true;
+  deliver(request, A);
+  const c = rs.relay.counters;
+  t.equal(c.controlForwarded, 0, 'a Tunnel Request the socket refused is not forwarded');
+  t.equal(c.controlDropSendFailed, 1);
+  t.match(rs.status().routes[0], { packets: 0, bytes: 0, a: { packets: 0, bytes: 0 } });
+  sock.refuseOne = false;
+  deliver(request, A);
+  const response = sealed('tunnelResponse', { inReplyTo: 1n, status: Status.ok, routeId: ROUTE, spi: SPI_B, ephemeral: Buffer.alloc(32, 3), nonce: Buffer.alloc(32, 4), confirm: Buffer.alloc(32, 5) }, KeyClass.tun, ROUTE, KTUN);
+  deliver(response, B);
+  t.equal(c.controlForwarded, 2);
+  const before = rs.status().routes[0]!;
+  sock.sent.splice(0);
+
+  sock.refuse = 2;
+  sock.deliver([
+    { data: esp(SPI_A, 300), from: B },
+    { data: esp(SPI_B, 200), from: A },
+    { data: esp(SPI_B, 100), from: A },
+  ]);
+  t.equal(sock.sent.length, 1, 'one of three sent');
+  t.equal(c.espForwarded, 1);
+  t.equal(c.espBytes, 300, 'bytes only for what was sent');
+  t.equal(c.espDropSendFailed, 2);
+  const after = rs.status().routes[0]!;
+  t.equal(after.bytes - before.bytes, 300, 'the route counts what was sent');
+  t.equal(after.packets - before.packets, 1);
+  t.equal(after.b.bytes - before.b.bytes, 300, 'B sent 300 bytes');
+  t.equal(after.a.bytes - before.a.bytes, 0, 'A’s two datagrams were not sent: not counted');
+  now += 1;
+});
+
+t.test('server: gateway targets that are private, reserved, the RS’s own or another node’s VIP are refused', async (t) => {
+  const nftCalls: string[][] = [];
+  const gwConfig = (allowPrivate: boolean) => rsConfig({ gateway: { tun: 'ntmrs0', mtu: 1400, nftTable: 'ntmobile_rs', allowPrivate } });
+  const make = (allowPrivate: boolean) => {
+    const lines: string[] = [];
+    const rs = new RelayServer(gwConfig(allowPrivate), {
+      now: () => T0,
+      log: (l) => lines.push(l),
+      nft: { exec: async (args) => (nftCalls.push(args), { code: 0, stdout: '', stderr: '' }) },
+      ownAddresses: () => ['203.0.113.5', '2001:db8:5::5'],
+    });
+    const sock = new FakeSocket(4600);
+    rs.attach(sock);
+    rs.addDcKey(DC_KEY_ID, KDCRS, 'dc.fleet1.test');
+    t.teardown(() => rs.stop());
+    let nextRoute = 100;
+    // The answer is asynchronous (an accepted route waits for nftables).
+    const direct = async (node: string, targets4: string[], targets6: string[] = [], vip4 = '10.77.0.2'): Promise<Body<'ntmAck'>> => {
+      sock.deliver([{
+        data: sealed('gatewayDirection', {
+          routeId: nextRoute++, ktun: randomBytes(32), ktmp: KTUN, expiresAt: T0 + 3600_000, node, nodeName: node, nodeVips4: [vip4], nodeVips6: ['fd4e:544d:1::2'],
+          nodePublicKey: Buffer.alloc(32, 9), target: 'www.general.test', targets4, targets6,
+        }, KeyClass.dcrs, DC_KEY_ID, KDCRS),
+        from: DC,
+      }]);
+      for (let i = 0; i < 100 && sock.sent.length === 0; i++) await new Promise((r) => setImmediate(r));
+      return open(sock.sent.splice(0).at(-1)!.data, KDCRS).body as Body<'ntmAck'>;
+    };
+    return { rs, direct, lines };
+  };
+  const s = make(false);
+  t.match(await s.direct('a.test', ['10.1.2.3']), { status: Status.badRequest, reason: 'target 10.1.2.3 is private (RFC 1918) (10.0.0.0/8); gateway.allowPrivate is off' });
+  t.match(await s.direct('a.test', ['127.0.0.1']), { status: Status.badRequest, reason: /^target 127\.0\.0\.1 is loopback/ });
+  t.match(await s.direct('a.test', ['93.184.216.34'], ['fe80::1']), { status: Status.badRequest, reason: /^target fe80::1 is link-local/ });
+  // On the wire an IPv6 target is 16 bytes: the RS sees the v4-mapped form in hex.
+  t.match(await s.direct('a.test', ['93.184.216.34'], ['::ffff:192.168.1.1']), { status: Status.badRequest, reason: 'target ::ffff:c0a8:101 is IPv4-mapped private (RFC 1918) (::ffff:192.168.0.0/16); gateway.allowPrivate is off' });
+  t.match(await s.direct('a.test', [], ['64:ff9b::a9fe:a9fe']), { status: Status.badRequest, reason: /^target 64:ff9b::a9fe:a9fe is NAT64 of link-local/ }, 'NAT64 of the metadata address');
+  t.match(await s.direct('a.test', ['203.0.113.5']), { status: Status.badRequest, reason: 'target 203.0.113.5 is an address of this RS' });
+  t.match(await s.direct('a.test', [], ['2001:db8:5::5']), { status: Status.badRequest, reason: 'target 2001:db8:5::5 is an address of this RS' });
+  t.equal(s.rs.counters.gatewayDirectionsRefused, 7);
+  t.equal(nftCalls.length, 0, 'no rules for a refused route');
+  t.ok(s.lines.some((l) => /gateway direction \d+ \(a\.test → www\.general\.test\) refused: badRequest: target 10\.1\.2\.3 is private/.test(l)), 'logged with the address');
+  t.match(await s.direct('a.test', ['198.18.0.30', '192.0.2.80']), { status: Status.ok }, 'the testbed’s Internet (198.18.0.0/15) and others are fine');
+  t.equal(s.rs.counters.gatewayDirections, 1);
+
+  const p = make(true);
+  t.match(await p.direct('a.test', ['10.1.2.3'], ['fd00::10']), { status: Status.ok }, 'allowPrivate: private ranges are allowed');
+  t.match(await p.direct('b.test', ['127.0.0.1'], [], '10.77.0.3'), { status: Status.badRequest, reason: /loopback/ }, 'loopback never');
+  t.match(await p.direct('b.test', ['10.77.0.2'], [], '10.77.0.3'), { status: Status.badRequest, reason: 'target 10.77.0.2 is the VIP of a.test on this RS' });
+});
+
+t.test('server: the relay never learns an SPI the gateway owns, and the gateway never chooses a relayed one', async (t) => {
+  const rs = new RelayServer(rsConfig({ gateway: { tun: 'ntmrs0', mtu: 1400, nftTable: 'ntmobile_rs' } }), { now: () => T0, log: () => undefined });
+  const sock = new FakeSocket(4600);
+  rs.attach(sock);
+  rs.addDcKey(DC_KEY_ID, KDCRS, 'dc.fleet1.test');
+  t.teardown(() => rs.stop());
+  // The gateway's table holds SPI_B (as if a gateway tunnel had chosen it).
+  rs.table!.spiFree = (spi: number) => spi !== SPI_B;
+  const deliver = (data: Buffer, from: Buffer) => sock.deliver([{ data, from }]);
+  deliver(sealed('relayDirection', { routeId: ROUTE, ktun: KTUN, expiresAt: T0 + 3600_000, nodeA: 'a.test', nodeB: 'b.test' }, KeyClass.dcrs, DC_KEY_ID, KDCRS), DC);
+  deliver(sealed('holePunching', { routeId: ROUTE, node: 'a.test', pad: HOLE_PUNCH_PAD }, KeyClass.tun, ROUTE, KTUN), A);
+  deliver(sealed('holePunching', { routeId: ROUTE, node: 'b.test', pad: HOLE_PUNCH_PAD }, KeyClass.tun, ROUTE, KTUN), B);
+  deliver(sealed('tunnelRequest', { routeId: ROUTE, node: 'a.test', suite: 1, spi: SPI_A, ephemeral: Buffer.alloc(32, 1), nonce: Buffer.alloc(32, 2) }, KeyClass.tun, ROUTE, KTUN), A);
+  deliver(sealed('tunnelResponse', { inReplyTo: 1n, status: Status.ok, routeId: ROUTE, spi: SPI_B, ephemeral: Buffer.alloc(32, 3), nonce: Buffer.alloc(32, 4), confirm: Buffer.alloc(32, 5) }, KeyClass.tun, ROUTE, KTUN), B);
+  t.equal(rs.relay.counters.controlForwarded, 1, 'the request, not the response');
+  t.equal(rs.relay.counters.spiRefusedGateway, 1);
+  t.same(rs.status().routes[0]!.b.spis, []);
+  // The gateway's TunnelManager asks the relay before it picks an SPI (TunnelManagerOptions.spiTaken).
+  const spiTaken = (rs.tunnels as unknown as { o: { spiTaken?: (spi: number) => boolean } }).o.spiTaken;
+  t.equal(spiTaken?.(SPI_A), true, 'A’s relayed SPI is taken');
+  t.equal(spiTaken?.(0x7777), false);
+});
+
 t.test('first contact: a DC gets Kdcrs and a Relay Hello; other roles are refused', async (t) => {
   const pki = createPki(join(tmp, 'pki'));
   const rsCert = pki.issue('rs1', { dns: ['rs1.relay.test'], ips: ['127.0.0.1'], role: 'rs' });
@@ -525,7 +732,7 @@ t.test('config: defaults, relative paths, clear errors', async (t) => {
   t.equal(c.idleSeconds, 120);
   t.same(c.quota, RELAY_DEFAULTS.quota);
   const g = parseRsConfig(JSON.stringify({ name: 'rs1.relay.test', tls: { ca: 'a', cert: 'b', key: 'c' }, privateKeyFile: 'k', gateway: {}, quota: { routeBytes: 5 } }));
-  t.same(g.gateway, { tun: 'ntmrs0', mtu: 1400, nftTable: 'ntmobile_rs' });
+  t.same(g.gateway, { tun: 'ntmrs0', mtu: 1400, nftTable: 'ntmobile_rs', allowPrivate: false });
   t.equal(g.quota.routeBytes, 5);
   const bad = (o: object) => () => parseRsConfig(JSON.stringify({ name: 'rs1.relay.test', tls: { ca: 'a', cert: 'b', key: 'c' }, privateKeyFile: 'k', ...o }));
   t.throws(bad({ name: 'RS1' }), /name: "RS1" is not a lower-case DNS name/);

@@ -3,7 +3,8 @@
 
 import { readFileSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { ConfigError, parseDcConfig } from './config.js';
+import { ConfigError, UsageError } from '../config-json.js';
+import { parseDcConfig } from './config.js';
 import { DirectionCoordinator } from './dc.js';
 
 const USAGE = `Usage: ntmobile-dc serve --config FILE [--status FILE] [--verbose]
@@ -29,14 +30,20 @@ Config (JSON):
                      "port": 4600, "tlsPort": 4601 }]
                   name: a DNS name in the RS's certificate (OU rs); address (IPv4) and/or address6
                   (IPv6); port and tlsPort default to 4600 and 4601
+  ns              the Notification Server that wakes nodes in MQTT mode (default none: no MQTT mode):
+                  { "name": "ns1.notify.test", "address": "198.18.0.16", "port": 4700, "tlsPort": 4701,
+                    "maxKeepaliveSeconds": 1800 }
+                  name: a DNS name in the NS's certificate (OU ns); maxKeepaliveSeconds: the longest
+                  UDP keepalive interval granted to a node in MQTT mode
+  general         { "allowPrivate": false }  general hosts' addresses in private ranges (RFC 1918,
+                  100.64.0.0/10, ULA) are not handed to an RS unless true; loopback, link-local,
+                  multicast, reserved, the VIP pools and the relays' addresses never are
 
 Options:
   --status FILE   write counters and registrations as JSON to FILE every second
   --verbose       print the protocol sequence to stderr
 Signals: SIGINT/SIGTERM stop; SIGUSR1 prints the status.
 `;
-
-class UsageError extends Error {}
 
 async function main(): Promise<void> {
   const [command, ...rest] = process.argv.slice(2);

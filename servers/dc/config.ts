@@ -4,34 +4,13 @@
 
 import { isIP } from 'node:net';
 import { isDnsName } from '../../protocol/control.js';
-import { RS_PORT, RS_TLS_PORT } from '../../protocol/discovery.js';
+import { NS_PORT, NS_TLS_PORT, RS_PORT, RS_TLS_PORT } from '../../protocol/discovery.js';
+import { bool, ConfigError, int, known as unknownKeys, obj, parseJsonObject, str } from '../config-json.js';
 import { DC_DEFAULTS, type DcConfig } from './dc.js';
+import { type NsConfig } from './ns.js';
 import { type RelayConfig } from './relays.js';
 
-export class ConfigError extends Error {
-  override readonly name = 'ConfigError';
-}
-
-function obj(v: unknown, f: string): Record<string, unknown> {
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new ConfigError(`${f}: want an object`);
-  return v as Record<string, unknown>;
-}
-
-function str(o: Record<string, unknown>, k: string, f: string, def?: string): string {
-  const v = o[k] ?? def;
-  if (typeof v !== 'string' || !v) throw new ConfigError(`${f}${k}: want a string${def === undefined ? ' (required)' : ''}`);
-  return v;
-}
-
-function int(o: Record<string, unknown>, k: string, f: string, def: number, min: number, max: number): number {
-  const v = o[k] ?? def;
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) throw new ConfigError(`${f}${k}: ${JSON.stringify(v)} is not an integer in ${min}..${max}`);
-  return v;
-}
-
-function unknownKeys(o: Record<string, unknown>, known: readonly string[], f: string): void {
-  for (const k of Object.keys(o)) if (!known.includes(k)) throw new ConfigError(`${f}${k}: unknown setting (known: ${known.join(', ')})`);
-}
+export { ConfigError } from '../config-json.js';
 
 /** `relays`: the Relay Servers this DC may direct routes through (docs/relay.md). */
 export function parseRelays(v: unknown): RelayConfig[] {
@@ -55,15 +34,34 @@ export function parseRelays(v: unknown): RelayConfig[] {
   return out;
 }
 
+/** `ns`: the Notification Server that wakes nodes in MQTT mode (docs/ns.md); absent or null: none. */
+export function parseNs(v: unknown, keepaliveSeconds: number): NsConfig | null {
+  if (v === undefined || v === null) return null;
+  const o = obj(v, 'ns');
+  unknownKeys(o, ['name', 'address', 'port', 'tlsPort', 'maxKeepaliveSeconds'], 'ns.');
+  const name = str(o, 'name', 'ns.');
+  if (!isDnsName(name)) throw new ConfigError(`ns.name: "${name}" is not a lower-case DNS name (it must be a DNS name in the NS's certificate)`);
+  const address = str(o, 'address', 'ns.');
+  if (!isIP(address)) throw new ConfigError(`ns.address: "${address}" is not an IP address`);
+  return {
+    name,
+    address,
+    port: int(o, 'port', 'ns.', NS_PORT, 1, 65535),
+    tlsPort: int(o, 'tlsPort', 'ns.', NS_TLS_PORT, 1, 65535),
+    maxKeepaliveSeconds: int(o, 'maxKeepaliveSeconds', 'ns.', 1800, keepaliveSeconds, 65535),
+  };
+}
+
+/** `general`: how general hosts' addresses are screened before an RS gets them (docs/servers.md). */
+export function parseGeneral(v: unknown): { allowPrivate: boolean } {
+  const o = obj(v ?? {}, 'general');
+  unknownKeys(o, ['allowPrivate'], 'general.');
+  return { allowPrivate: bool(o, 'allowPrivate', 'general.', false) };
+}
+
 export function parseDcConfig(text: string): DcConfig {
-  let d: Record<string, unknown>;
-  try {
-    d = obj(JSON.parse(text), 'config');
-  } catch (e) {
-    if (e instanceof ConfigError) throw e;
-    throw new ConfigError(`config: not valid JSON (${(e as Error).message})`);
-  }
-  unknownKeys(d, ['zone', 'nsName', 'publicAddress', 'listen', 'tls', 'dns', 'pool', 'state', 'keepaliveSeconds', 'expireAfterKeepalives', 'routeLifetimeSeconds', 'resolvers', 'dc', 'relays'], '');
+  const d = parseJsonObject(text);
+  unknownKeys(d, ['zone', 'nsName', 'publicAddress', 'listen', 'tls', 'dns', 'pool', 'state', 'keepaliveSeconds', 'expireAfterKeepalives', 'routeLifetimeSeconds', 'resolvers', 'dc', 'relays', 'ns', 'general'], '');
   const zone = str(d, 'zone', '');
   const nsName = str(d, 'nsName', '');
   if (!isDnsName(zone)) throw new ConfigError(`zone: "${zone}" is not a lower-case DNS name`);
@@ -78,6 +76,7 @@ export function parseDcConfig(text: string): DcConfig {
   if (!Array.isArray(resolvers) || resolvers.some((r) => typeof r !== 'string')) throw new ConfigError('resolvers: want a list of addresses');
   const dc = obj(d.dc ?? {}, 'dc');
   for (const [z, a] of Object.entries(dc)) if (typeof a !== 'string' || !isIP(a)) throw new ConfigError(`dc.${z}: want an IP address`);
+  const keepaliveSeconds = int(d, 'keepaliveSeconds', '', DC_DEFAULTS.keepaliveSeconds, 1, 3600);
   return {
     zone,
     nsName,
@@ -87,12 +86,14 @@ export function parseDcConfig(text: string): DcConfig {
     dns: dns === null ? null : { address: str(dns, 'address', 'dns.', publicAddress), port: int(dns, 'port', 'dns.', 53, 0, 65535) },
     pool: { ipv4: str(pool, 'ipv4', 'pool.', '10.77.0.0/16'), ipv6: str(pool, 'ipv6', 'pool.', 'fd4e:544d:1::/64') },
     statePath: str(d, 'state', ''),
-    keepaliveSeconds: int(d, 'keepaliveSeconds', '', DC_DEFAULTS.keepaliveSeconds, 1, 3600),
+    keepaliveSeconds,
     expireAfterKeepalives: int(d, 'expireAfterKeepalives', '', DC_DEFAULTS.expireAfterKeepalives, 1, 100),
     routeLifetimeSeconds: int(d, 'routeLifetimeSeconds', '', DC_DEFAULTS.routeLifetimeSeconds, 10, 86400 * 7),
     discovery: { resolvers: resolvers as string[], override: dc as Record<string, string> },
     peerControlPort: DC_DEFAULTS.peerControlPort,
     peerTlsPort: DC_DEFAULTS.peerTlsPort,
     relays: parseRelays(d.relays),
+    general: parseGeneral(d.general),
+    ns: parseNs(d.ns, keepaliveSeconds),
   };
 }

@@ -9,20 +9,21 @@
 import { Resolver } from 'node:dns/promises';
 import { isIP } from 'node:net';
 import { createServer as createTlsServer, type Server as TlsServer, type TLSSocket } from 'node:tls';
-import { ControlChannel, RequestTimeout, type Incoming, type RetransmitPolicy } from '../../protocol/channel.js';
-import { DirectionFlags, KeyClass, PathKind, Role, Status, statusName, ZERO_KEY, type Body, type WireEndpoint } from '../../protocol/control.js';
-import { decodeSockaddr, encodeSockaddr } from '../../protocol/endpoint.js';
+import { ControlChannel, RequestHandle, RequestTimeout, type Incoming, type RetransmitPolicy } from '../../protocol/channel.js';
+import { DirectionFlags, KeyClass, NotifyReason, PathKind, Role, Status, statusName, ZERO_KEY, type Body, type StatusCode } from '../../protocol/control.js';
+import { encodeSockaddr, wireEndpoint } from '../../protocol/endpoint.js';
 import { DC_CONTROL_PORT, DC_TLS_PORT, type DiscoveryOptions } from '../../protocol/discovery.js';
 import { randomId32, randomKey } from '../../protocol/keys.js';
 import { UdpSocket } from '../../netlink/udp.js';
 import { classifyDatagram, DatagramKind } from '../../protocol/demux.js';
 import { SOCKADDR_SIZE } from '../../tunnel/io.js';
-import { ipv6ToBytes } from '../../protocol/ip.js';
+import { parsePrefix, prefixContains, reservedRange, sameAddress } from '../../protocol/ip.js';
 import { peerIdentity } from '../identity.js';
 import { onMessages, tlsContextOptions, writeMessage, type TlsFiles } from '../tls.js';
 import { DnsServer } from './dns-server.js';
 import { NoDcError, PeerDcs } from './peers.js';
-import { Registry, type PoolConfig } from './registry.js';
+import { NsLink, type NsConfig, type NsKey } from './ns.js';
+import { Registry, type NotifyGrant, type PoolConfig, type Registration } from './registry.js';
 import { familyOf, pickRelays, relayControlAddress, relayEndpoint, relayHas, RelayServers, type RelayConfig, type RelayKey } from './relays.js';
 import { decideRoute, relayPlan } from './route.js';
 
@@ -47,6 +48,15 @@ export interface DcConfig {
   peerTlsPort: number;
   /** Relay Servers for routes that cannot go direct and for general hosts (none: such routes fail). */
   relays?: RelayConfig[];
+  /**
+   * General hosts (gateway routes): `allowPrivate` hands the RS addresses in private ranges too
+   * (RFC 1918, 100.64.0.0/10, ULA); off by default, so that a DNS answer cannot point an RS at its
+   * own networks. Loopback, link-local, multicast, unspecified and reserved addresses, the VIP
+   * pools, the relays' and this DC's addresses are never handed on.
+   */
+  general?: { allowPrivate: boolean };
+  /** The Notification Server that wakes this DC's nodes in MQTT mode (docs/ns.md; none: no MQTT mode). */
+  ns?: NsConfig | null;
   retransmit?: RetransmitPolicy;
   verbose?: boolean;
 }
@@ -55,6 +65,14 @@ export interface DcConfig {
 const PEER_RETRANSMIT: RetransmitPolicy = { initialMs: 250, maxMs: 500, tries: 3 };
 /** DC → RS directions: as short, so that a restarted RS is re-contacted, or the next one tried, quickly. */
 const RELAY_RETRANSMIT: RetransmitPolicy = { initialMs: 250, maxMs: 500, tries: 3 };
+/** DC → NS requests: as short, so that a restarted NS is re-contacted quickly. */
+const NS_RETRANSMIT: RetransmitPolicy = { initialMs: 250, maxMs: 500, tries: 3 };
+/**
+ * A Route Direction to a node in MQTT mode: its NAT mapping may be gone until the NS has woken it,
+ * so the schedule is a little longer than the default (about 7 s in all), and each keepalive from
+ * the node sends it again at once, to where that keepalive came from.
+ */
+const WAKE_RETRANSMIT: RetransmitPolicy = { initialMs: 300, maxMs: 1000, tries: 8 };
 /** At most this many addresses of a general host per family go to the RS and the node. */
 const MAX_GATEWAY_TARGETS = 8;
 
@@ -90,6 +108,17 @@ export class DcCounters {
   gatewayRoutes = 0;
   /** An RS failed a route: first contact failed, no answer, or it refused; the next one is tried. */
   relayFailures = 0;
+  /** Notify Requests answered ok: a node put in MQTT mode (Kntmns made and handed to the NS), or kept in it. */
+  notifyGrants = 0;
+  /** Notify Requests refused: no NS configured, the NS refused or did not answer, a name not registered under the key. */
+  notifyRefused = 0;
+  /** Notifications the NS published to a node (a wake for a Route Direction), and those that failed. */
+  notifications = 0;
+  notificationsFailed = 0;
+  /** Kntmns handed to the NS again because it had lost it (it restarted without its state file). */
+  nsKeyResent = 0;
+  /** Route Directions sent again at once because the node they wait for sent a keepalive (it woke). */
+  wakeResends = 0;
 }
 
 export class DirectionCoordinator {
@@ -97,7 +126,11 @@ export class DirectionCoordinator {
   readonly registry: Registry;
   readonly peers: PeerDcs;
   readonly relays: RelayServers;
+  /** The NS link (null: no NS configured, no MQTT mode). */
+  readonly ns: NsLink | null;
   readonly channel: ControlChannel;
+  /** Route Directions waiting for a node in MQTT mode, by registered name: sent again when it wakes. */
+  private readonly waking = new Map<string, Set<RequestHandle>>();
   private socket: UdpSocket | null = null;
   private tlsServer: TlsServer | null = null;
   private dns: DnsServer | null = null;
@@ -107,6 +140,7 @@ export class DirectionCoordinator {
     this.registry = Registry.open(config.statePath, config.pool);
     this.peers = new PeerDcs(config.tls, config.discovery, config.peerTlsPort);
     this.relays = RelayServers.withTls(config.relays ?? [], config.tls);
+    this.ns = config.ns ? NsLink.withTls(config.ns, config.tls) : null;
     this.channel = new ControlChannel({
       send: (d, to) => this.socket?.sendOne(d, to),
       keys: (cls, id) => this.keyFor(cls, id),
@@ -154,7 +188,7 @@ export class DirectionCoordinator {
     }
     const period = c.keepaliveSeconds * 1000;
     this.expiryTimer = setInterval(() => {
-      this.counters.expired += this.registry.expire(period * c.expireAfterKeepalives).length;
+      this.counters.expired += this.registry.expire((r) => this.keepalivePeriodMs(r) * c.expireAfterKeepalives).length;
     }, period);
     this.expiryTimer.unref();
   }
@@ -171,11 +205,19 @@ export class DirectionCoordinator {
   status(): object {
     return {
       zone: this.config.zone,
-      registrations: this.registry.all().map((r) => ({ name: r.name, ...this.registry.vips(r.name), observed: r.observed, local: r.local })),
-      counters: { ...this.counters, relayContacts: this.relays.contacts },
+      registrations: this.registry.all().map((r) => ({ name: r.name, ...this.registry.vips(r.name), observed: r.observed, local: r.local, mqtt: this.registry.grant(r.keyId) !== undefined })),
+      counters: { ...this.counters, relayContacts: this.relays.contacts, nsContacts: this.ns?.contacts ?? 0 },
       relays: this.relays.status(),
+      ns: this.ns?.status() ?? null,
+      grants: this.registry.allGrants().map((g) => ({ node: g.node, keyId: g.keyId, expiresAt: g.expiresAt, keepaliveSeconds: g.keepaliveSeconds })),
       channel: { ...this.channel.counters },
     };
+  }
+
+  /** How often a registration must be refreshed: the DC's keepalive, or the longer one of a node in MQTT mode. */
+  private keepalivePeriodMs(r: Registration): number {
+    const g = this.registry.grant(r.keyId);
+    return (g !== undefined ? Math.max(g.keepaliveSeconds, this.config.keepaliveSeconds) : this.config.keepaliveSeconds) * 1000;
   }
 
   private dnsLookup(name: string): { a: string[]; aaaa: string[] } | null {
@@ -189,6 +231,7 @@ export class DirectionCoordinator {
     if (keyClass === KeyClass.ntmdc) return this.registry.key(keyId)?.key;
     if (keyClass === KeyClass.dcdc) return this.peers.key(keyId)?.key;
     if (keyClass === KeyClass.dcrs) return this.relays.key(keyId)?.key;
+    if (keyClass === KeyClass.dcns) return this.ns?.key(keyId)?.key;
     return undefined;
   }
 
@@ -242,6 +285,9 @@ export class DirectionCoordinator {
       case 'keepalive':
         if (ntmdc) this.onKeepalive(m);
         return;
+      case 'notifyRequest':
+        if (ntmdc) void this.onNotifyRequest(m, message.body).catch((e: Error) => this.internalError('notify request', e));
+        return;
       case 'deregistration':
         if (ntmdc && this.registry.registration(message.body.name)?.keyId === m.key.keyId) this.registry.remove(message.body.name);
         if (ntmdc) this.channel.reply(m, 'ntmAck', { inReplyTo: m.envelope.messageId, status: Status.ok, reason: '' });
@@ -282,7 +328,7 @@ export class DirectionCoordinator {
       this.counters.registrationKeyMismatch++;
       return deny(Status.keyMismatch, 'public key differs from the one the AS bound');
     }
-    const observed = wireFrom(m.from);
+    const observed = wireEndpoint(m.from);
     this.registry.register({ name: b.name, keyId: key.keyId, observed, local: b.local, publicKey: b.publicKey, lastSeen: Date.now() });
     const v = this.registry.vips(b.name);
     this.counters.registrations++;
@@ -293,14 +339,15 @@ export class DirectionCoordinator {
       vip4: v.vip4,
       vip6: v.vip6,
       observed,
-      keepaliveSeconds: this.config.keepaliveSeconds,
+      // A node in MQTT mode that registers again (it moved) keeps its longer interval.
+      keepaliveSeconds: this.keepalivePeriodMs(this.registry.registration(b.name)!) / 1000,
       serverTime: Date.now(),
     });
   }
 
   private onKeepalive(m: Incoming): void {
     const regs = this.registry.byKey(m.key.keyId);
-    const observed = wireFrom(m.from);
+    const observed = wireEndpoint(m.from);
     if (regs.length === 0) {
       this.counters.keepaliveUnknown++;
       this.channel.reply(m, 'keepaliveAck', { inReplyTo: m.envelope.messageId, status: Status.notRegistered, observed, serverTime: Date.now() });
@@ -313,6 +360,126 @@ export class DirectionCoordinator {
       if (r.observed.address !== observed.address || r.observed.port !== observed.port) this.registry.register({ ...r, observed });
     }
     this.channel.reply(m, 'keepaliveAck', { inReplyTo: m.envelope.messageId, status: Status.ok, observed, serverTime: now });
+    // A node in MQTT mode that the NS woke: the keepalive opened its NAT again; what waits for
+    // it goes now, to where the keepalive came from (the request's destination is the registration).
+    for (const r of regs) {
+      for (const h of this.waking.get(r.name) ?? []) {
+        this.counters.wakeResends++;
+        h.resendNow();
+      }
+    }
+  }
+
+  // ---- MQTT mode: Kntmns, the NS, notifications (docs/ns.md) ----------------------------------
+
+  /**
+   * A node asks to be woken through the NS instead of keeping its NAT mapping open with UDP
+   * keepalives: the DC makes Kntmns, hands it to the NS (acknowledged), keeps the grant, and
+   * answers with the key and the longer keepalive interval the node may now use.
+   */
+  private async onNotifyRequest(m: Incoming, b: Body<'notifyRequest'>): Promise<void> {
+    const key = this.registry.key(m.key.keyId)!;
+    const answer = (status: StatusCode, g: NotifyGrant | null, broker = ''): void => {
+      this.channel.reply(m, 'notifyResponse', {
+        inReplyTo: m.envelope.messageId,
+        status,
+        ns: g !== null ? this.config.ns!.name : '',
+        broker: g !== null ? broker : '',
+        keyId: g?.keyId ?? 0,
+        key: g?.key ?? (ZERO_KEY as Buffer),
+        expiresAt: g?.expiresAt ?? 0,
+        keepaliveSeconds: g?.keepaliveSeconds ?? this.config.keepaliveSeconds,
+      });
+    };
+    const refuse = (status: StatusCode, why: string): void => {
+      this.counters.notifyRefused++;
+      this.log(`notify request for ${b.name}: ${statusName(status)}: ${why}`);
+      answer(status, null);
+    };
+    if (this.registry.registration(b.name)?.keyId !== key.keyId) return refuse(Status.notRegistered, `${b.name} is not registered under key ${key.keyId}`);
+    if (this.ns === null) return refuse(Status.unavailable, 'no Notification Server is configured');
+    const c = this.config;
+    const wanted = b.keepaliveSeconds === 0 ? c.keepaliveSeconds : b.keepaliveSeconds;
+    const keepaliveSeconds = Math.min(Math.max(wanted, c.keepaliveSeconds), c.ns!.maxKeepaliveSeconds);
+    // A node asking again under the same Kntmdc (it registered again after a move) keeps its
+    // Kntmns, so that its MQTT session is not replaced; the NS is told again in case it lost it.
+    const live = this.registry.grant(key.keyId);
+    const grant: NotifyGrant =
+      live !== undefined
+        ? { ...live, keepaliveSeconds }
+        : {
+            nodeKeyId: key.keyId,
+            keyId: randomId32(),
+            key: randomKey(),
+            // Kntmns lives as long as the Kntmdc it was asked for under: a new login asks again.
+            expiresAt: key.expiresAt,
+            node: key.fqdn,
+            keepaliveSeconds,
+          };
+    let nsKey: NsKey;
+    try {
+      nsKey = await this.distributeNsKey(grant);
+    } catch (e) {
+      this.ns.failed((e as Error).message);
+      return refuse(Status.unavailable, `NS ${c.ns!.name}: ${(e as Error).message}`);
+    }
+    this.registry.putGrant(grant);
+    this.counters.notifyGrants++;
+    this.log(`${grant.node} in MQTT mode${live !== undefined ? ' (again)' : ''}: Kntmns ${grant.keyId} at NS ${c.ns!.name}, keepalive ${grant.keepaliveSeconds} s`);
+    answer(Status.ok, grant, nsKey.broker);
+  }
+
+  private distributeNsKey(g: NotifyGrant): Promise<NsKey> {
+    return this.nsRequest('nsKeyDistribution', { keyId: g.keyId, key: g.key, expiresAt: g.expiresAt, node: g.node });
+  }
+
+  /** One request to the NS under Kdcns (first contact if needed); resolves once it said ok. */
+  private async nsRequest(type: 'nsKeyDistribution' | 'notification', body: Body<'nsKeyDistribution'> | Body<'notification'>): Promise<NsKey> {
+    const ns = this.ns!;
+    const to = encodeSockaddr(ns.endpoint.address, ns.endpoint.port);
+    const policy = this.config.retransmit ?? NS_RETRANSMIT;
+    const send = (k: NsKey): Promise<Incoming> => {
+      const key = { keyClass: KeyClass.dcns, keyId: k.keyId, key: k.key };
+      return type === 'nsKeyDistribution'
+        ? this.channel.request(type, body as Body<'nsKeyDistribution'>, key, to, policy)
+        : this.channel.request(type, body as Body<'notification'>, key, to, policy);
+    };
+    const started = Date.now();
+    let k = await ns.ensure();
+    let ack: Incoming;
+    try {
+      ack = await send(k);
+    } catch (e) {
+      // An NS that restarted has forgotten Kdcns: first contact again, then once more.
+      if (!(e instanceof RequestTimeout) || k.contactedAt >= started) throw e;
+      ns.forget();
+      k = await ns.ensure();
+      ack = await send(k);
+    }
+    if (ack.message.type !== 'ntmAck') throw new Error(`answered ${type} with ${ack.message.type}`);
+    if (ack.message.body.status !== Status.ok) throw new NsRefusal(ack.message.body.status, `${statusName(ack.message.body.status)}: ${ack.message.body.reason}`);
+    return k;
+  }
+
+  /** Wakes a node in MQTT mode through the NS; an NS that lost the node's key gets it again first. */
+  private async wake(g: NotifyGrant, routeId: number): Promise<void> {
+    const body: Body<'notification'> = { node: g.node, reason: NotifyReason.direction, routeId };
+    try {
+      try {
+        await this.nsRequest('notification', body);
+      } catch (e) {
+        if (!(e instanceof NsRefusal) || e.status !== Status.notRegistered) throw e;
+        this.counters.nsKeyResent++;
+        await this.distributeNsKey(g);
+        await this.nsRequest('notification', body);
+      }
+      this.counters.notifications++;
+      this.log(`route ${routeId}: woke ${g.node} through NS ${this.config.ns!.name}`);
+    } catch (e) {
+      this.counters.notificationsFailed++;
+      this.ns?.failed((e as Error).message);
+      this.log(`route ${routeId}: waking ${g.node} through NS ${this.config.ns!.name} failed: ${(e as Error).message}`);
+    }
   }
 
   private nodeView(name: string): Body<'nodeInformationResponse'> | null {
@@ -544,13 +711,16 @@ export class DirectionCoordinator {
    */
   private async directGateway(m: Incoming, b: Body<'directionRequest'>, mn: Body<'nodeInformationResponse'>, reason: string, fail: Fail): Promise<void> {
     if (this.relays.relays.length === 0) return fail(Status.relayRequired, `${b.target}: ${reason}: a general host needs a Relay Server, and none is configured`);
-    let host: { targets4: string[]; targets6: string[] };
+    let host: { targets4: string[]; targets6: string[]; refused: string[] };
     try {
       host = await this.resolveHost(b.target);
     } catch (e) {
       return fail(Status.peerUnreachable, `${b.target}: ${reason}: DNS: ${(e as Error).message}`);
     }
-    if (host.targets4.length + host.targets6.length === 0) return fail(Status.unknownName, `${b.target}: ${reason}, and no usable A or AAAA record`);
+    if (host.targets4.length + host.targets6.length === 0) {
+      const left = host.refused.length > 0 ? ` (left out: ${host.refused.join('; ')})` : '';
+      return fail(Status.unknownName, `${b.target}: ${reason}, and no usable A or AAAA record${left}`);
+    }
     const mnFamily = familyOf(mn.observed!.address);
     const candidates = pickRelays(this.relays.relays, [mnFamily], mn.node, b.target).filter(
       (r) => (host.targets4.length > 0 && relayHas(r, 4)) || (host.targets6.length > 0 && relayHas(r, 6)),
@@ -615,8 +785,11 @@ export class DirectionCoordinator {
     }
   }
 
-  /** A general host's A and AAAA records, from the DC's resolvers; addresses no host can have are left out. */
-  private async resolveHost(name: string): Promise<{ targets4: string[]; targets6: string[] }> {
+  /**
+   * A general host's A and AAAA records, from the DC's resolvers; addresses an RS must not be
+   * pointed at (gatewayTargetRefusal) are left out, each with why in `refused`.
+   */
+  private async resolveHost(name: string): Promise<{ targets4: string[]; targets6: string[]; refused: string[] }> {
     const resolver = new Resolver({ timeout: this.config.discovery.timeoutMs ?? 2000, tries: 2 });
     if (this.config.discovery.resolvers?.length) resolver.setServers(this.config.discovery.resolvers);
     const lookup = (p: Promise<string[]>): Promise<{ addresses: string[]; error: Error | null }> =>
@@ -626,28 +799,51 @@ export class DirectionCoordinator {
       );
     const [a, aaaa] = await Promise.all([lookup(resolver.resolve4(name)), lookup(resolver.resolve6(name))]);
     if (a.addresses.length + aaaa.addresses.length === 0 && (a.error ?? aaaa.error)) throw (a.error ?? aaaa.error)!;
+    const policy = this.gatewayPolicy();
+    const refused: string[] = [];
+    const usable = (address: string): boolean => {
+      const why = gatewayTargetRefusal(address, policy);
+      if (why !== null) refused.push(`${address}: ${why}`);
+      return why === null;
+    };
+    const targets4 = [...new Set(a.addresses.filter(usable))].slice(0, MAX_GATEWAY_TARGETS);
+    const targets6 = [...new Set(aaaa.addresses.filter(usable))].slice(0, MAX_GATEWAY_TARGETS);
+    if (refused.length > 0) this.log(`general host ${name}: left out ${refused.join('; ')}`);
+    return { targets4, targets6, refused };
+  }
+
+  /** What gateway targets this DC refuses: private ranges unless allowed, its VIP pools, the relays' and its own addresses. */
+  private gatewayPolicy(): GatewayTargetPolicy {
+    const c = this.config;
     return {
-      targets4: [...new Set(a.addresses.filter(gatewayTarget))].slice(0, MAX_GATEWAY_TARGETS),
-      targets6: [...new Set(aaaa.addresses.filter(gatewayTarget))].slice(0, MAX_GATEWAY_TARGETS),
+      allowPrivate: c.general?.allowPrivate === true,
+      pools: [c.pool.ipv4, c.pool.ipv6],
+      excluded: [
+        ...(c.relays ?? []).flatMap((r) => [r.address, r.address6].filter((x): x is string => x !== null).map((address) => ({ address, what: `the address of RS ${r.name}` }))),
+        { address: c.publicAddress, what: 'this DC’s address' },
+      ],
     };
   }
 
   /**
-   * Offers a route to each candidate RS in turn; the first that acknowledges carries it. Each
-   * failure is counted and logged, and the next RS is tried.
+   * Offers a route to each candidate RS in turn (rendezvous order, but those that failed within
+   * the last minute last); the first that acknowledges carries it. Each failure is counted and
+   * logged (always: a failing RS is the operator's business), and the next RS is tried.
    */
   private async firstRelay(
     routeId: number,
     candidates: RelayConfig[],
     message: (r: RelayConfig) => ['relayDirection', Body<'relayDirection'>] | ['gatewayDirection', Body<'gatewayDirection'>],
   ): Promise<RelayKey | null> {
-    for (const r of candidates) {
+    for (const r of this.relays.tryOrder(candidates)) {
       try {
-        return await this.relayRequest(r, message(r));
+        const k = await this.relayRequest(r, message(r));
+        this.relays.succeeded(r.name);
+        return k;
       } catch (e) {
         this.counters.relayFailures++;
         this.relays.failed(r.name, (e as Error).message);
-        this.log(`route ${routeId}: RS ${r.name} failed: ${(e as Error).message}`);
+        console.error(`dc ${this.config.zone}: route ${routeId}: RS ${r.name} failed: ${(e as Error).message}`);
       }
     }
     return null;
@@ -690,8 +886,33 @@ export class DirectionCoordinator {
     const reg = this.registry.registration(body.localName);
     const key = reg && this.registry.key(reg.keyId);
     if (!reg || !key) throw new Error(`${body.localName} is no longer registered`);
-    const ack = await this.channel.request('routeDirection', body, { keyClass: KeyClass.ntmdc, keyId: key.keyId, key: key.key }, encodeSockaddr(reg.observed.address, reg.observed.port), this.config.retransmit);
-    checkAck(ack, body.localName);
+    const sendKey = { keyClass: KeyClass.ntmdc, keyId: key.keyId, key: key.key };
+    const grant = this.registry.grant(key.keyId);
+    if (grant === undefined || this.ns === null) {
+      const ack = await this.channel.request('routeDirection', body, sendKey, encodeSockaddr(reg.observed.address, reg.observed.port), this.config.retransmit);
+      checkAck(ack, body.localName);
+      return;
+    }
+    // MQTT mode: the node's NAT mapping may have expired. The Route Direction goes out as usual
+    // and, at the same time, the NS wakes the node; the node's keepalive then opens a mapping
+    // (perhaps a new one) and the direction is sent there at once (onKeepalive).
+    const name = body.localName;
+    const handle = new RequestHandle();
+    let waiting = this.waking.get(name);
+    if (waiting === undefined) this.waking.set(name, (waiting = new Set()));
+    waiting.add(handle);
+    const to = (): Buffer => {
+      const r = this.registry.registration(name) ?? reg;
+      return encodeSockaddr(r.observed.address, r.observed.port);
+    };
+    void this.wake(grant, body.routeId);
+    try {
+      const ack = await this.channel.request('routeDirection', body, sendKey, to, WAKE_RETRANSMIT, handle);
+      checkAck(ack, body.localName);
+    } finally {
+      waiting.delete(handle);
+      if (waiting.size === 0 && this.waking.get(name) === waiting) this.waking.delete(name);
+    }
   }
 
   /** DCcn side: a Route Direction from DCmn for one of our nodes, forwarded under its Kntmdc. */
@@ -712,34 +933,49 @@ export class DirectionCoordinator {
   }
 }
 
+/** The NS answered with a status other than ok. */
+class NsRefusal extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
 function checkAck(ack: Incoming, who: string): void {
   if (ack.message.type !== 'ntmAck') throw new Error(`${who}: answered with ${ack.message.type}, want ntmAck`);
   if (ack.message.body.status !== Status.ok) throw new Error(`${who}: ${statusName(ack.message.body.status)}: ${ack.message.body.reason}`);
 }
 
-function wireFrom(sockaddr: Buffer): WireEndpoint {
-  const e = decodeSockaddr(sockaddr);
-  return { address: e.address, port: e.port };
+/** What a DC refuses to hand an RS as a general host's address (servers/dc/dc.ts gatewayPolicy). */
+export interface GatewayTargetPolicy {
+  /** Private ranges (RFC 1918, 100.64.0.0/10, ULA) are allowed; the other reserved ranges never are. */
+  allowPrivate?: boolean;
+  /** The VIP pools ("10.77.0.0/16", "fd4e:544d:1::/64"): a VIP is a node's, never a general host's. */
+  pools?: string[];
+  /** Addresses of the fleet's own servers (the relays, the DC), with what they are. */
+  excluded?: { address: string; what: string }[];
 }
 
-
 /**
- * Whether a general host's address may be handed to an RS to forward to: not unspecified,
- * loopback, link-local, multicast or broadcast (a DNS answer with those would point the RS at
- * itself or its own link, never at a host on the Internet).
+ * Why a general host's address must not be handed to an RS to forward to, or null if it may: a
+ * private or reserved address (protocol/ip.ts reservedRange; a DNS answer with one would point
+ * the RS at itself, its own networks or its provider's), an address in the DC's VIP pools, or one
+ * of the fleet's servers'.
  */
-export function gatewayTarget(address: string): boolean {
-  const f = isIP(address);
-  if (f === 4) {
-    const [a, b] = address.split('.').map(Number) as [number, number];
-    return !(a === 0 || a === 127 || (a === 169 && b === 254) || a >= 224);
+export function gatewayTargetRefusal(address: string, policy: GatewayTargetPolicy = {}): string | null {
+  const r = reservedRange(address);
+  if (r !== null && !(r.private && policy.allowPrivate === true)) return `${r.what} (${r.range})${r.private ? '; general.allowPrivate is off' : ''}`;
+  for (const pool of policy.pools ?? []) {
+    const p = parsePrefix(pool);
+    if (p !== null && prefixContains(p, address)) return `inside the VIP pool ${pool}`;
   }
-  if (f !== 6) return false;
-  const bytes = ipv6ToBytes(address);
-  if (bytes.subarray(0, 15).every((x) => x === 0) && (bytes[15] === 0 || bytes[15] === 1)) return false;
-  if (bytes[0] === 0xff) return false;
-  if (bytes[0] === 0xfe && (bytes[1]! & 0xc0) === 0x80) return false;
-  // IPv4-mapped: judged as the IPv4 address it carries.
-  if (bytes.subarray(0, 10).every((x) => x === 0) && bytes[10] === 0xff && bytes[11] === 0xff) return gatewayTarget(bytes.subarray(12).join('.'));
-  return true;
+  for (const e of policy.excluded ?? []) if (sameAddress(e.address, address)) return e.what;
+  return null;
+}
+
+/** Whether a general host's address may be handed to an RS (gatewayTargetRefusal says why not). */
+export function gatewayTarget(address: string, policy: GatewayTargetPolicy = {}): boolean {
+  return gatewayTargetRefusal(address, policy) === null;
 }

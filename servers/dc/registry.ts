@@ -29,6 +29,21 @@ export interface Registration {
   lastSeen: number;
 }
 
+/**
+ * A node in MQTT mode (docs/ns.md): Kntmns, which the DC made and handed to the NS and the node,
+ * and the longer UDP keepalive interval the node was granted. Keyed by the node's Kntmdc key ID:
+ * the grant covers every name registered under it.
+ */
+export interface NotifyGrant {
+  nodeKeyId: number;
+  keyId: number;
+  key: Buffer;
+  expiresAt: number;
+  /** The node (its Kntmdc's FQDN): the name the NS knows it by. */
+  node: string;
+  keepaliveSeconds: number;
+}
+
 export interface Vips {
   vip4: string;
   vip6: string;
@@ -51,12 +66,15 @@ interface StateFile {
   vips: Record<string, { index: number }>;
   keys: { keyId: number; key: string; expiresAt: number; fqdn: string; names: string[]; publicKey: string | null }[];
   registrations: { name: string; keyId: number; observed: WireEndpoint; local: WireEndpoint | null; publicKey: string }[];
+  /** Absent in state files written before the NS existed. */
+  grants?: { nodeKeyId: number; keyId: number; key: string; expiresAt: number; node: string; keepaliveSeconds: number }[];
 }
 
 export class Registry {
   private readonly keys = new Map<number, NodeKey>();
   private readonly registrations = new Map<string, Registration>();
   private readonly vipIndex = new Map<string, number>();
+  private readonly grants = new Map<number, NotifyGrant>();
   private nextIndex = 1;
   private readonly v4Base: number;
   private readonly v4Size: number;
@@ -102,13 +120,19 @@ export class Registry {
       }
       const t = now();
       for (const g of s.registrations) r.registrations.set(g.name, { ...g, publicKey: Buffer.from(g.publicKey, 'base64'), lastSeen: t });
+      for (const g of s.grants ?? []) r.grants.set(g.nodeKeyId, { ...g, key: Buffer.from(g.key, 'base64') });
     }
     return r;
   }
 
   putKey(k: NodeKey): void {
     // A new login replaces the account's older keys: one live Kntmdc per node.
-    for (const [id, old] of this.keys) if (old.fqdn === k.fqdn && id !== k.keyId) this.keys.delete(id);
+    for (const [id, old] of this.keys) {
+      if (old.fqdn === k.fqdn && id !== k.keyId) {
+        this.keys.delete(id);
+        this.grants.delete(id);
+      }
+    }
     this.keys.set(k.keyId, k);
     this.save();
   }
@@ -161,15 +185,42 @@ export class Registry {
     return had;
   }
 
-  /** Drops registrations not heard from for maxAgeMs (and those whose key expired); returns their names. */
-  expire(maxAgeMs: number): string[] {
+  /** The node's MQTT-mode grant (live: its Kntmns has not expired). */
+  grant(nodeKeyId: number): NotifyGrant | undefined {
+    const g = this.grants.get(nodeKeyId);
+    return g !== undefined && g.expiresAt > this.now() ? g : undefined;
+  }
+
+  putGrant(g: NotifyGrant): void {
+    this.grants.set(g.nodeKeyId, g);
+    this.save();
+  }
+
+  allGrants(): NotifyGrant[] {
+    return [...this.grants.values()];
+  }
+
+  /**
+   * Drops registrations not heard from for maxAgeMs (a number, or per registration: MQTT-mode
+   * nodes are allowed longer) and those whose key expired; returns their names. Grants whose
+   * Kntmns or Kntmdc expired go too.
+   */
+  expire(maxAgeMs: number | ((r: Registration) => number)): string[] {
     const t = this.now();
     const gone: string[] = [];
+    const age = typeof maxAgeMs === 'number' ? () => maxAgeMs : maxAgeMs;
     for (const r of this.registrations.values()) {
-      if (t - r.lastSeen > maxAgeMs || this.key(r.keyId) === undefined) gone.push(r.name);
+      if (t - r.lastSeen > age(r) || this.key(r.keyId) === undefined) gone.push(r.name);
     }
     for (const n of gone) this.registrations.delete(n);
-    if (gone.length) this.save();
+    let grantsGone = 0;
+    for (const [id, g] of this.grants) {
+      if (g.expiresAt <= t || this.key(id) === undefined) {
+        this.grants.delete(id);
+        grantsGone++;
+      }
+    }
+    if (gone.length || grantsGone) this.save();
     return gone;
   }
 
@@ -180,6 +231,7 @@ export class Registry {
       vips: Object.fromEntries([...this.vipIndex].map(([n, index]) => [n, { index }])),
       keys: [...this.keys.values()].map((k) => ({ ...k, key: k.key.toString('base64'), publicKey: k.publicKey?.toString('base64') ?? null })),
       registrations: [...this.registrations.values()].map((g) => ({ name: g.name, keyId: g.keyId, observed: g.observed, local: g.local, publicKey: g.publicKey.toString('base64') })),
+      grants: [...this.grants.values()].map((g) => ({ ...g, key: g.key.toString('base64') })),
     };
     mkdirSync(dirname(this.path), { recursive: true, mode: 0o700 });
     const tmp = `${this.path}.tmp`;

@@ -8,16 +8,20 @@
 import { createHash } from 'node:crypto';
 import { isIP } from 'node:net';
 import { ZERO_KEY, type WireEndpoint } from '../../protocol/control.js';
-import { exportServerKey } from '../../protocol/keys.js';
+import { exportServerKey, KDCRS_LIFETIME_MS } from '../../protocol/keys.js';
 import { peerIdentity } from '../identity.js';
 import { connectMutualTls, readMessage, type TlsFiles } from '../tls.js';
 
-export const KDCRS_LIFETIME_MS = 3600_000;
 /**
  * How long first contact may take, handshake and Relay Hello each: short, because the node's
  * Direction Request waits for it (the router gives up after under 3 s) and the next RS may answer.
  */
 const CONTACT_TIMEOUT_MS = 2000;
+/**
+ * An RS that failed a route within this long is tried after the others: a dead first choice
+ * would otherwise cost every route of its pairs a first contact timeout or three retransmissions.
+ */
+export const RELAY_FAILURE_MEMORY_MS = 60_000;
 
 export interface RelayConfig {
   /** TLS server name: a DNS subjectAltName of the RS's certificate, and the name it says in its Relay Hello. */
@@ -94,6 +98,19 @@ export function pickRelays(relays: readonly RelayConfig[], families: readonly Fa
   );
 }
 
+/**
+ * The order to try `candidates` (already in rendezvous order) in: those that did not fail within
+ * `memoryMs` first, then those that did, each group keeping its order. `failedAt` is when an RS
+ * last failed (undefined: not since it last succeeded).
+ */
+export function preferHealthy(candidates: readonly RelayConfig[], failedAt: (name: string) => number | undefined, now: number, memoryMs = RELAY_FAILURE_MEMORY_MS): RelayConfig[] {
+  const recent = (r: RelayConfig): boolean => {
+    const t = failedAt(r.name);
+    return t !== undefined && now - t < memoryMs;
+  };
+  return [...candidates.filter((r) => !recent(r)), ...candidates.filter(recent)];
+}
+
 /** First contact with one RS over mutual TLS: the key from the exporter, the public key from its Relay Hello. */
 export async function contactRelay(files: TlsFiles, r: RelayConfig, timeoutMs = CONTACT_TIMEOUT_MS): Promise<RelayContact> {
   const socket = await connectMutualTls(files, relayControlAddress(r), r.tlsPort, r.name, timeoutMs);
@@ -126,6 +143,8 @@ export interface RelayStatus {
   keyExpiresAt: number | null;
   keyId: number | null;
   lastError: string | null;
+  /** When it last failed a route (ms since the epoch), null once it carried one again; within a minute it is tried last. */
+  failedAt: number | null;
 }
 
 export class RelayServers {
@@ -133,6 +152,7 @@ export class RelayServers {
   private readonly byId = new Map<number, RelayKey>();
   private readonly connecting = new Map<string, Promise<RelayKey>>();
   private readonly lastError = new Map<string, string>();
+  private readonly failedAt = new Map<string, number>();
   /** First contacts made (successful). */
   contacts = 0;
 
@@ -182,9 +202,20 @@ export class RelayServers {
     this.byId.delete(k.keyId);
   }
 
-  /** Notes why an RS failed a request, for the status. */
+  /** Notes that and why an RS failed a request: the status shows it, and it is tried last for a while (tryOrder). */
   failed(name: string, why: string): void {
     this.lastError.set(name, why);
+    this.failedAt.set(name, this.now());
+  }
+
+  /** An RS took a route: it is no longer tried last. */
+  succeeded(name: string): void {
+    this.failedAt.delete(name);
+  }
+
+  /** The candidates (in rendezvous order) in the order to try them: RSs that failed in the last minute last. */
+  tryOrder(candidates: readonly RelayConfig[]): RelayConfig[] {
+    return preferHealthy(candidates, (name) => this.failedAt.get(name), this.now());
   }
 
   status(): RelayStatus[] {
@@ -203,6 +234,7 @@ export class RelayServers {
         keyExpiresAt: k?.expiresAt ?? null,
         keyId: live ? k.keyId : null,
         lastError: this.lastError.get(r.name) ?? null,
+        failedAt: this.failedAt.get(r.name) ?? null,
       };
     });
   }

@@ -18,8 +18,10 @@ Config (JSON; relative paths are relative to the config file):
   listen          { "address": "::", "port": 4600 }      UDP: punching, relaying, directions
   tls             { "port": 4601, "ca", "cert", "key" }  mutual TLS (first contact by DCs) (required)
   privateKeyFile  static X25519 key, made on first start (0600), e.g. "rs.key" (required)
-  gateway         { "tun": "ntmrs0", "mtu": 1400, "nftTable": "ntmobile_rs" }   optional:
-                  terminate tunnels for general hosts (TUN, nftables, IP forwarding)
+  gateway         { "tun": "ntmrs0", "mtu": 1400, "nftTable": "ntmobile_rs", "allowPrivate": false }
+                  optional: terminate tunnels for general hosts (TUN, nftables, IP forwarding);
+                  allowPrivate: also forward to private ranges (RFC 1918, 100.64.0.0/10, ULA);
+                  loopback, link-local, multicast, reserved and the RS's own addresses never
   quota           { "routeBytesPerSecond": 125000000, "nodeBytesPerSecond": 250000000,
                     "routeBytes": 0, "maxRoutes": 10000, "maxRoutesPerNode": 256 }  (0 bytes: unlimited)
   idleSeconds     (120) a route or gateway tunnel with no traffic or keepalive for this long ends

@@ -5,64 +5,37 @@ import { isIP } from 'node:net';
 import { resolve } from 'node:path';
 import { isDnsName } from '../../protocol/control.js';
 import { checkTable } from '../../netlink/nftables.js';
+import { bool, ConfigError, int, known, obj, parseJsonObject, str } from '../config-json.js';
 import { RS_DEFAULTS, type RsConfig } from './rs.js';
 
-/** A malformed config or command line: exit status 2. */
-export class UsageError extends Error {}
-
-function obj(v: unknown, f: string): Record<string, unknown> {
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new UsageError(`${f}: want an object`);
-  return v as Record<string, unknown>;
-}
-
-function str(o: Record<string, unknown>, k: string, f: string, def?: string): string {
-  const v = o[k] ?? def;
-  if (typeof v !== 'string' || !v) throw new UsageError(`${f}${k}: want a string${def === undefined ? ' (required)' : ''}`);
-  return v;
-}
-
-function int(o: Record<string, unknown>, k: string, f: string, def: number, min: number, max: number): number {
-  const v = o[k] ?? def;
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) throw new UsageError(`${f}${k}: ${JSON.stringify(v)} is not an integer in ${min}..${max}`);
-  return v;
-}
-
-function known(o: Record<string, unknown>, keys: string[], f: string): void {
-  for (const k of Object.keys(o)) if (!keys.includes(k)) throw new UsageError(`${f}${k}: unknown setting (known: ${keys.join(', ')})`);
-}
+export { ConfigError, UsageError } from '../config-json.js';
 
 /** Parses the config; `base` is the directory relative file names are taken from. */
 export function parseRsConfig(text: string, base = '.'): RsConfig {
-  let d: Record<string, unknown>;
-  try {
-    d = obj(JSON.parse(text), 'config');
-  } catch (e) {
-    if (e instanceof UsageError) throw e;
-    throw new UsageError(`config: not valid JSON (${(e as Error).message})`);
-  }
+  const d = parseJsonObject(text);
   known(d, ['name', 'listen', 'tls', 'privateKeyFile', 'gateway', 'quota', 'idleSeconds'], '');
   const path = (p: string): string => resolve(base, p);
   const name = str(d, 'name', '');
-  if (!isDnsName(name)) throw new UsageError(`name: "${name}" is not a lower-case DNS name`);
+  if (!isDnsName(name)) throw new ConfigError(`name: "${name}" is not a lower-case DNS name`);
   const listen = obj(d.listen ?? {}, 'listen');
   known(listen, ['address', 'port'], 'listen.');
   const address = str(listen, 'address', 'listen.', RS_DEFAULTS.listen.address);
-  if (!isIP(address)) throw new UsageError(`listen.address: "${address}" is not an IP address`);
+  if (!isIP(address)) throw new ConfigError(`listen.address: "${address}" is not an IP address`);
   const tls = obj(d.tls, 'tls');
   known(tls, ['port', 'ca', 'cert', 'key'], 'tls.');
   let gateway: RsConfig['gateway'] = null;
   if (d.gateway !== undefined && d.gateway !== null) {
     const g = obj(d.gateway, 'gateway');
-    known(g, ['tun', 'mtu', 'nftTable'], 'gateway.');
+    known(g, ['tun', 'mtu', 'nftTable', 'allowPrivate'], 'gateway.');
     const tun = str(g, 'tun', 'gateway.', RS_DEFAULTS.gateway.tun);
-    if (!/^[A-Za-z0-9_.-]{1,15}$/.test(tun)) throw new UsageError(`gateway.tun: "${tun}" is not an interface name (1-15 letters, digits, '_', '.', '-')`);
+    if (!/^[A-Za-z0-9_.-]{1,15}$/.test(tun)) throw new ConfigError(`gateway.tun: "${tun}" is not an interface name (1-15 letters, digits, '_', '.', '-')`);
     const nftTable = str(g, 'nftTable', 'gateway.', RS_DEFAULTS.gateway.nftTable);
     try {
       checkTable('inet', nftTable);
     } catch (e) {
-      throw new UsageError(`gateway.nftTable: ${(e as Error).message}`);
+      throw new ConfigError(`gateway.nftTable: ${(e as Error).message}`);
     }
-    gateway = { tun, mtu: int(g, 'mtu', 'gateway.', RS_DEFAULTS.gateway.mtu, 1280, 9000), nftTable };
+    gateway = { tun, mtu: int(g, 'mtu', 'gateway.', RS_DEFAULTS.gateway.mtu, 1280, 9000), nftTable, allowPrivate: bool(g, 'allowPrivate', 'gateway.', RS_DEFAULTS.gateway.allowPrivate) };
   }
   const quota = obj(d.quota ?? {}, 'quota');
   const Q = RS_DEFAULTS.quota;
@@ -70,7 +43,7 @@ export function parseRsConfig(text: string, base = '.'): RsConfig {
   const rate = (k: 'routeBytesPerSecond' | 'nodeBytesPerSecond'): number => {
     const v = int(quota, k, 'quota.', Q[k], 0, Number.MAX_SAFE_INTEGER);
     // The burst is one second's worth: below a datagram's size nothing would ever pass.
-    if (v !== 0 && v < 65536) throw new UsageError(`quota.${k}: ${v} is below 65536 bytes/s (0: unlimited)`);
+    if (v !== 0 && v < 65536) throw new ConfigError(`quota.${k}: ${v} is below 65536 bytes/s (0: unlimited)`);
     return v;
   };
   return {

@@ -10,7 +10,7 @@
 // per route, a maximum number of routes in all and per node.
 
 import { Status, type ControlMessage, type StatusCode } from '../../protocol/control.js';
-import { formatEndpoint, SOCKADDR_SIZE } from '../../protocol/endpoint.js';
+import { EndpointMap, formatEndpoint, SOCKADDR_SIZE } from '../../protocol/endpoint.js';
 
 export interface RelayQuota {
   /** Bytes per second one route may forward, both ways together; 0: unlimited. Burst: one second's worth. */
@@ -29,6 +29,11 @@ export interface RelayOptions {
   idleSeconds: number;
   /** A route ends this long after its expiresAt: room for the rekey on the route that replaces it. */
   graceSeconds: number;
+  /**
+   * SPIs that something else on the same port receives (the RS's gateway tunnels): never learned
+   * for a relayed route, whose ESP would otherwise go there.
+   */
+  spiOwnedElsewhere?: (spi: number) => boolean;
 }
 
 export const RELAY_DEFAULTS: RelayOptions = {
@@ -54,9 +59,11 @@ export class RelayCounters {
   routesExpiredIdle = 0;
   routesExpiredHard = 0;
   punches = 0;
-  /** A punch from a new address for a side that had one: the node's NAT mapping changed (newest wins). */
+  /** A punch from a new address for a side that had one: the node's NAT mapping changed (the last authenticated punch to arrive wins). */
   punchEndpointMoves = 0;
   punchDropUnknownRoute = 0;
+  /** Its body's route ID differs from the key ID it came under (a node's bug or a forgery by the other node). */
+  punchDropMismatch = 0;
   /** The node named is not one of the route's two. */
   punchDropForeignNode = 0;
   /** The address is the other side's endpoint: forwarding there would loop. */
@@ -76,6 +83,15 @@ export class RelayCounters {
   controlDropPeerNotLearned = 0;
   controlDropSendFailed = 0;
   spisLearned = 0;
+  /**
+   * A Tunnel Request/Response not forwarded: its SPI is already forwarded for another route from
+   * the same source endpoint (the older route keeps it; a node that spoofs a source cannot divert
+   * another route's ESP).
+   */
+  spiRefusedShadow = 0;
+  /** A Tunnel Request/Response not forwarded: its SPI is one of the RS's own gateway tunnels'. */
+  spiRefusedGateway = 0;
+  /** Sent (a send the socket refused is taken back and counted in espDropSendFailed). */
   espForwarded = 0;
   espBytes = 0;
   espDropUnknownSpi = 0;
@@ -130,8 +146,6 @@ interface NodeState {
 export class RelaySide {
   /** Where the node's hole punch came from (28-byte sockaddr, owned), or null before its first. */
   endpoint: Buffer | null = null;
-  /** endpoint as hex: the keepalive index's key. */
-  endpointKey: string | null = null;
   punches = 0;
   lastPunch = 0;
   /** Datagrams and bytes received from this side and forwarded. */
@@ -183,6 +197,8 @@ interface Forward {
 }
 
 export type Verdict = { ok: true } | { ok: false; status: StatusCode; reason: string };
+/** addRoute's answer: `created` is false for the same direction again (acknowledged, nothing new). */
+export type AddRouteVerdict = { ok: true; created: boolean } | { ok: false; status: StatusCode; reason: string };
 
 export type PunchResult = { ok: true; moved: boolean } | { ok: false; reason: 'unknownRoute' | 'foreignNode' | 'conflict' };
 
@@ -223,8 +239,8 @@ export class Relay {
   private readonly nodes = new Map<string, NodeState>();
   /** SPI & SPI_HASH → entries (several on a hash or SPI collision: the source endpoint decides). */
   private readonly forwards = new Map<number, Forward[]>();
-  /** Endpoint (hex) → the sides punched from it: keepalives refresh their routes. */
-  private readonly byEndpoint = new Map<string, Set<RelaySide>>();
+  /** Endpoint → the sides punched from it: keepalives refresh their routes. */
+  private readonly byEndpoint = new EndpointMap<Set<RelaySide>>();
   private readonly idleMs: number;
   private readonly graceMs: number;
 
@@ -247,13 +263,13 @@ export class Relay {
    * route. `others` counts routes the server holds besides these (its gateway routes), in all and
    * per node, against the same limits.
    */
-  addRoute(d: RelayDirection, now: number, owner = '', others: { total: number; of: (node: string) => number } = NO_OTHERS): Verdict {
+  addRoute(d: RelayDirection, now: number, owner = '', others: { total: number; of: (node: string) => number } = NO_OTHERS): AddRouteVerdict {
     const c = this.counters;
-    const bad = (reason: string): Verdict => {
+    const bad = (reason: string): AddRouteVerdict => {
       c.routesRefusedBad++;
       return { ok: false, status: Status.badRequest, reason };
     };
-    const over = (reason: string): Verdict => {
+    const over = (reason: string): AddRouteVerdict => {
       c.routesRefusedQuota++;
       return { ok: false, status: Status.overQuota, reason };
     };
@@ -263,7 +279,7 @@ export class Relay {
     const existing = this.routes.get(d.routeId);
     if (existing !== undefined) {
       const same = existing.ktun.equals(d.ktun) && existing.a.node === d.nodeA && existing.b.node === d.nodeB && existing.expiresAt === d.expiresAt;
-      return same ? { ok: true } : bad(`route ID ${d.routeId} is in use`);
+      return same ? { ok: true, created: false } : bad(`route ID ${d.routeId} is in use`);
     }
     const q = this.options.quota;
     if (this.routes.size + others.total >= q.maxRoutes) return over(`this relay carries ${q.maxRoutes} routes already`);
@@ -271,7 +287,7 @@ export class Relay {
     const route = new RelayRoute(d.routeId, Buffer.from(d.ktun), d.expiresAt, { name: d.nodeA, state: this.node(d.nodeA, now) }, { name: d.nodeB, state: this.node(d.nodeB, now) }, now, owner, q.routeBytesPerSecond);
     this.routes.set(d.routeId, route);
     c.routesCreated++;
-    return { ok: true };
+    return { ok: true, created: true };
   }
 
   /** A live route (not past its idle time or its expiresAt + grace). */
@@ -294,7 +310,8 @@ export class Relay {
 
   /**
    * An authenticated Hole Punching: `node`'s side of the route is now where it came from. The
-   * newest punch wins (the node punches again when its NAT mapping may have changed).
+   * last one to arrive wins (the node punches again when its NAT mapping may have changed);
+   * replays never get here (the control channel's message-ID and timestamp checks).
    */
   punch(routeId: number, node: string, from: Buffer, now: number): PunchResult {
     const c = this.counters;
@@ -318,9 +335,8 @@ export class Relay {
       if (moved) c.punchEndpointMoves++;
       this.unindex(side);
       side.endpoint = Buffer.from(from.subarray(0, SOCKADDR_SIZE));
-      side.endpointKey = side.endpoint.toString('hex');
-      let set = this.byEndpoint.get(side.endpointKey);
-      if (set === undefined) this.byEndpoint.set(side.endpointKey, (set = new Set()));
+      let set = this.byEndpoint.get(side.endpoint);
+      if (set === undefined) this.byEndpoint.set(side.endpoint, (set = new Set()));
       set.add(side);
     }
     side.punches++;
@@ -331,11 +347,13 @@ export class Relay {
   }
 
   /**
-   * A Tunnel Request or Response on a relayed route, already authenticated under its Ktun: where
-   * to forward the datagram unchanged (the other side's endpoint), or null (counted). Learns the
-   * SPI it carries: the sender's inbound SPI, so ESP with it goes to the sender.
+   * A Tunnel Request or Response on a relayed route, already authenticated under its Ktun: the
+   * side to forward the datagram to unchanged (at its endpoint), or null (counted). Learns the SPI
+   * it carries: the sender's inbound SPI, so ESP with it goes to the sender. A message whose SPI
+   * cannot be learned (another route's from the same source, or a gateway tunnel's) is not
+   * forwarded. If the send then fails, the caller hands it back with controlUnsent.
    */
-  forwardControl(route: RelayRoute, message: ControlMessage, from: Buffer, length: number, now: number): Buffer | null {
+  forwardControl(route: RelayRoute, message: ControlMessage, from: Buffer, length: number, now: number): RelaySide | null {
     const c = this.counters;
     const side = this.sideAt(route, from, 0);
     if (side === null) {
@@ -368,18 +386,27 @@ export class Relay {
       c.controlDropPeerNotLearned++;
       return null;
     }
+    if (spi !== 0 && !this.learnable(side, spi)) return null;
     if (!this.charge(route, side, length, now)) return null;
     if (spi !== 0) this.learn(side, spi);
     c.controlForwarded++;
-    return to.endpoint;
+    return to;
+  }
+
+  /** A control datagram forwardControl let through to `to` that the socket did not send: its counts are taken back. */
+  controlUnsent(to: RelaySide, length: number): void {
+    this.counters.controlForwarded--;
+    this.counters.controlDropSendFailed++;
+    this.uncharge(to.other, length);
   }
 
   /**
-   * The ESP data path: where the datagram in buf[start, start + length) from the sockaddr at
-   * addrs[addrAt] goes (the receiving side's endpoint: copy it, do not keep it), or null (counted).
-   * No allocation: a map lookup by a small integer, a compare of 28 bytes, arithmetic.
+   * The ESP data path: the side the datagram in buf[start, start + length) from the sockaddr at
+   * addrs[addrAt] goes to (send it to side.endpoint, which is set: copy it, do not keep it), or
+   * null (counted). No allocation: a map lookup by a small integer, a compare of 28 bytes,
+   * arithmetic. It is counted as forwarded; a send that then fails is handed back with espUnsent.
    */
-  forwardEsp(buf: Buffer, start: number, length: number, addrs: Buffer, addrAt: number, now: number): Buffer | null {
+  forwardEsp(buf: Buffer, start: number, length: number, addrs: Buffer, addrAt: number, now: number): RelaySide | null {
     const c = this.counters;
     const spi = buf.readUInt32BE(start);
     const list = this.forwards.get(spi & SPI_HASH);
@@ -415,7 +442,28 @@ export class Relay {
     if (!this.charge(route, to.other, length, now)) return null;
     c.espForwarded++;
     c.espBytes += length;
-    return to.endpoint;
+    return to;
+  }
+
+  /**
+   * An ESP datagram forwardEsp let through to `to` that the socket did not send: espForwarded,
+   * espBytes and the route's and the sending side's packets and bytes (and so the route's byte
+   * quota) are taken back, and it is counted in espDropSendFailed. The rate buckets keep the charge.
+   */
+  espUnsent(to: RelaySide, length: number): void {
+    const c = this.counters;
+    c.espForwarded--;
+    c.espBytes -= length;
+    c.espDropSendFailed++;
+    this.uncharge(to.other, length);
+  }
+
+  /** Whether ESP carrying `spi` is forwarded for some relayed route (the gateway never chooses it). */
+  spiLearned(spi: number): boolean {
+    const list = this.forwards.get(spi & SPI_HASH);
+    if (list === undefined) return false;
+    for (let i = 0; i < list.length; i++) if (list[i]!.spi === spi) return true;
+    return false;
   }
 
   /**
@@ -424,7 +472,7 @@ export class Relay {
    * (the RS's gateway tunnels share the port).
    */
   keepalive(addrs: Buffer, addrAt: number, now: number): boolean {
-    const set = this.byEndpoint.get(addrs.toString('hex', addrAt, addrAt + SOCKADDR_SIZE));
+    const set = this.byEndpoint.get(addrs, addrAt);
     if (set === undefined) return false;
     for (const side of set) side.route.lastActivity = Math.max(side.route.lastActivity, now);
     this.counters.keepalives++;
@@ -514,16 +562,47 @@ export class Relay {
     return true;
   }
 
-  /** `owner` receives ESP carrying `spi` (from owner.other's endpoint). */
+  /** Takes back what charge() counted for a datagram that was not sent after all (not the rate buckets). */
+  private uncharge(from: RelaySide, length: number): void {
+    const route = from.route;
+    route.bytes -= length;
+    route.packets--;
+    from.bytes -= length;
+    from.packets--;
+  }
+
+  /**
+   * Whether `owner` may receive ESP carrying `spi` (counted if not): not if the RS's gateway owns
+   * the SPI, nor if another route already forwards it from the same source endpoint (the older
+   * route keeps it: otherwise a node that can spoof a source could divert that route's ESP).
+   */
+  private learnable(owner: RelaySide, spi: number): boolean {
+    if (owner.spis.includes(spi)) return true;
+    if (this.options.spiOwnedElsewhere?.(spi) === true) {
+      this.counters.spiRefusedGateway++;
+      return false;
+    }
+    const source = owner.other.endpoint;
+    for (const f of this.forwards.get(spi & SPI_HASH) ?? []) {
+      if (f.spi === spi && f.to !== owner && source !== null && sameEndpoint(f.to.other.endpoint, source, 0)) {
+        this.counters.spiRefusedShadow++;
+        return false;
+      }
+    }
+    return true;
+  }
+
+  /** `owner` receives ESP carrying `spi` (from owner.other's endpoint); learnable() said yes. */
   private learn(owner: RelaySide, spi: number): void {
     if (owner.spis.includes(spi)) return;
     owner.spis.push(spi);
     if (owner.spis.length > MAX_SPIS_PER_SIDE) this.unforward(owner, owner.spis.shift()!);
     const key = spi & SPI_HASH;
     const list = this.forwards.get(key);
-    // Newest first: on an SPI that two routes share from one endpoint, the newer route wins.
+    // Oldest first: should a side's endpoint move so that two routes forward one SPI from one
+    // source, the older route keeps it, as learnable() decides for a new SPI.
     if (list === undefined) this.forwards.set(key, [{ spi, to: owner }]);
-    else list.unshift({ spi, to: owner });
+    else list.push({ spi, to: owner });
     this.counters.spisLearned++;
   }
 
@@ -537,11 +616,11 @@ export class Relay {
   }
 
   private unindex(side: RelaySide): void {
-    if (side.endpointKey === null) return;
-    const set = this.byEndpoint.get(side.endpointKey);
+    if (side.endpoint === null) return;
+    const set = this.byEndpoint.get(side.endpoint);
     if (set !== undefined) {
       set.delete(side);
-      if (set.size === 0) this.byEndpoint.delete(side.endpointKey);
+      if (set.size === 0) this.byEndpoint.delete(side.endpoint);
     }
   }
 }

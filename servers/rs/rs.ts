@@ -11,6 +11,8 @@
 
 import { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
+import { networkInterfaces } from 'node:os';
 import { createServer as createTlsServer, type Server as TlsServer, type TLSSocket } from 'node:tls';
 import { ControlChannel, REPLAY_WINDOW_MS, type Incoming } from '../../protocol/channel.js';
 import {
@@ -30,12 +32,12 @@ import {
   type ControlMessage,
   type Envelope,
   type StatusCode,
-  type WireEndpoint,
 } from '../../protocol/control.js';
 import { classifyDatagram, DatagramKind, NON_ESP_MARKER_SIZE } from '../../protocol/demux.js';
-import { decodeSockaddr, formatEndpoint, SOCKADDR_SIZE } from '../../protocol/endpoint.js';
+import { EndpointMap, formatEndpoint, SOCKADDR_SIZE, wireEndpoint } from '../../protocol/endpoint.js';
+import { reservedRange, sameAddress } from '../../protocol/ip.js';
 import { RS_PORT, RS_TLS_PORT } from '../../protocol/discovery.js';
-import { exportServerKey, loadOrCreateKey, type X25519Pair } from '../../protocol/keys.js';
+import { exportServerKey, KDCRS_LIFETIME_MS, loadOrCreateKey, type X25519Pair } from '../../protocol/keys.js';
 import { addRoute } from '../../netlink/rtnetlink.js';
 import { TunDevice } from '../../netlink/tun.js';
 import { UdpSocket } from '../../netlink/udp.js';
@@ -48,12 +50,18 @@ import { TunnelTable } from '../../tunnel/table.js';
 import { peerIdentity } from '../identity.js';
 import { tlsContextOptions, writeMessage, type TlsFiles } from '../tls.js';
 import { enableForwarding, GatewayNat } from './gateway.js';
-import { Relay, RELAY_DEFAULTS, type RelayQuota, type RouteStatus } from './relay.js';
+import { Relay, RELAY_DEFAULTS, type RelayQuota, type RelaySide, type RouteStatus } from './relay.js';
 
 export interface GatewayConfig {
   tun: string;
   mtu: number;
   nftTable: string;
+  /**
+   * Forward to general hosts in private ranges too (RFC 1918, 100.64.0.0/10, ULA): for a
+   * deployment whose general hosts are on a private network. Loopback, link-local, multicast,
+   * unspecified and reserved addresses, and the RS's own, are refused whatever this says.
+   */
+  allowPrivate?: boolean;
 }
 
 export interface RsConfig {
@@ -74,13 +82,10 @@ export interface RsConfig {
 export const RS_DEFAULTS = {
   listen: { address: '::', port: RS_PORT },
   tlsPort: RS_TLS_PORT,
-  gateway: { tun: 'ntmrs0', mtu: 1400, nftTable: 'ntmobile_rs' },
+  gateway: { tun: 'ntmrs0', mtu: 1400, nftTable: 'ntmobile_rs', allowPrivate: false },
   quota: RELAY_DEFAULTS.quota,
   idleSeconds: RELAY_DEFAULTS.idleSeconds,
 };
-
-/** Kdcrs from first contact lives this long (the DC makes first contact again after it). */
-export const KDCRS_LIFETIME_MS = 3600_000;
 
 /** The server's own events and refusals; the relay core's are in Relay.counters. */
 export class RsCounters {
@@ -88,9 +93,14 @@ export class RsCounters {
   tlsAccepted = 0;
   /** TLS handshakes that failed, and peers whose certificate role is not `dc`. */
   tlsRejected = 0;
+  /** Relay Directions that made a new route. */
   relayDirections = 0;
+  /** The same Relay Direction again (a DC that retried): acknowledged, nothing new. */
+  relayDirectionsRepeated = 0;
   relayDirectionsRefused = 0;
   gatewayDirections = 0;
+  /** The same Gateway Direction again: acknowledged, nothing new. */
+  gatewayDirectionsRepeated = 0;
   gatewayDirectionsRefused = 0;
   /** Authenticated messages that are not for an RS, or under the wrong key class. */
   ignoredMessages = 0;
@@ -107,6 +117,8 @@ export interface RsDeps {
   /** Operational lines (always) and, with verbose, the protocol trace. */
   log?: (line: string) => void;
   nft?: NftOptions;
+  /** This host's addresses, never a gateway target (default: the listen address and every interface's, asked each time). */
+  ownAddresses?: () => string[];
 }
 
 interface DcKey {
@@ -176,6 +188,8 @@ export interface RsStatus {
  */
 export class EspForwarder implements ForeignEsp {
   private readonly out: PacketBatch;
+  /** The side each slot of `out` goes to: what to take back when the socket does not send it. */
+  private readonly sides: (RelaySide | null)[];
   private now = 0;
 
   constructor(
@@ -187,6 +201,7 @@ export class EspForwarder implements ForeignEsp {
     slotSize = 2048,
   ) {
     this.out = new PacketBatch(batchSize, slotSize);
+    this.sides = new Array<RelaySide | null>(batchSize).fill(null);
   }
 
   forward(buf: Buffer, start: number, length: number, addrs: Buffer, addrAt: number): void {
@@ -201,7 +216,8 @@ export class EspForwarder implements ForeignEsp {
     const slot = out.count;
     buf.copy(out.buf, out.offset(slot), start, start + length);
     out.lengths[slot] = length;
-    to.copy(out.addrs, slot * SOCKADDR_SIZE, 0, SOCKADDR_SIZE);
+    to.endpoint!.copy(out.addrs, slot * SOCKADDR_SIZE, 0, SOCKADDR_SIZE);
+    this.sides[slot] = to;
     out.count++;
     if (out.count === out.capacity) this.send();
   }
@@ -221,8 +237,11 @@ export class EspForwarder implements ForeignEsp {
     if (out.count === 0) return;
     const socket = this.socket();
     const sent = socket === null ? 0 : socket.send(out);
-    this.relay.counters.espDropSendFailed += out.count - sent;
-    this.relay.counters.espForwarded -= out.count - sent;
+    // The socket says how many it sent, not which: the last ones are taken back (exact when the
+    // kernel stopped at a full buffer; when it refused one in the middle, the totals are still
+    // exact and only which route's counts are taken back may differ).
+    for (let i = sent; i < out.count; i++) this.relay.espUnsent(this.sides[i]!, out.lengths[i]!);
+    this.sides.fill(null, 0, out.count);
     out.count = 0;
   }
 }
@@ -240,11 +259,12 @@ export class RelayServer {
   private readonly gwRoutes = new Map<number, GatewayRoute>();
   /** Gateway tunnels: the last keepalive from each node's endpoint, and that endpoint's index. */
   private readonly gwSeen = new Map<string, number>();
-  private gwByEndpoint = new Map<string, string>();
+  private gwByEndpoint = new EndpointMap<string>();
   private readonly routedVips = new Set<string>();
   private readonly nat: GatewayNat | null = null;
   private readonly now: () => number;
   private readonly log: (line: string) => void;
+  private readonly ownAddresses: () => string[];
   private readonly idleMs: number;
   private readonly graceMs: number;
   private socket: DatagramSocket | null = null;
@@ -266,8 +286,11 @@ export class RelayServer {
     const graceSeconds = config.graceSeconds ?? RELAY_DEFAULTS.graceSeconds;
     this.idleMs = config.idleSeconds * 1000;
     this.graceMs = graceSeconds * 1000;
+    this.ownAddresses = deps.ownAddresses ?? (() => hostAddresses(config.listen.address));
     this.staticKey = loadOrCreateKey(config.privateKeyFile);
-    this.relay = new Relay({ quota: config.quota, idleSeconds: config.idleSeconds, graceSeconds });
+    // An SPI is either a relayed route's or a gateway tunnel's, never both: the gateway's engine
+    // sees ESP first and would take a relayed route's, and the relay would send on a gateway's.
+    this.relay = new Relay({ quota: config.quota, idleSeconds: config.idleSeconds, graceSeconds, spiOwnedElsewhere: (spi) => this.table?.spiFree(spi) === false });
     this.channel = new ControlChannel({
       send: (d, to) => this.socket?.sendOne(d, to),
       keys: (cls, id) => this.keyFor(cls, id),
@@ -294,6 +317,7 @@ export class RelayServer {
         now: this.now,
         // The RS only ever answers (responder): nodes rekey and renew their gateway routes.
         renew: () => Promise.reject(new Error('an RS does not renew routes')),
+        spiTaken: (spi) => this.relay.spiLearned(spi),
         log: (l) => this.trace(l),
       });
       this.nat = new GatewayNat(config.gateway.nftTable, deps.nft);
@@ -430,7 +454,7 @@ export class RelayServer {
     const relayed = this.relay.keepalive(addrs, addrAt, now);
     let gateway = false;
     if (this.gwByEndpoint.size > 0) {
-      const node = this.gwByEndpoint.get(addrs.toString('hex', addrAt, addrAt + SOCKADDR_SIZE));
+      const node = this.gwByEndpoint.get(addrs, addrAt);
       if (node !== undefined) {
         this.gwSeen.set(node, now);
         this.counters.gatewayKeepalives++;
@@ -483,8 +507,12 @@ export class RelayServer {
     }
     const to = this.relay.forwardControl(route, message, from, datagram.length, now);
     if (to === null) return;
-    if (this.socket?.sendOne(datagram, to) !== true) c.controlDropSendFailed++;
-    this.trace(`route ${route.routeId}: ${message.type} ${formatEndpoint(from)} → ${formatEndpoint(to)}`);
+    if (this.socket?.sendOne(datagram, to.endpoint!) !== true) {
+      this.relay.controlUnsent(to, datagram.length);
+      return;
+    }
+    // Trace lines of per-datagram events are only built with --verbose.
+    if (this.config.verbose) this.trace(`route ${route.routeId}: ${message.type} ${formatEndpoint(from)} → ${formatEndpoint(to.endpoint!)}`);
   }
 
   private keyFor(keyClass: number, keyId: number): Buffer | undefined {
@@ -526,8 +554,10 @@ export class RelayServer {
       ? ({ ok: false, status: Status.badRequest, reason: `route ID ${b.routeId} is in use` } as const)
       : this.relay.addRoute(b, now, this.dcName(m.key.keyId), { total: this.gwRoutes.size, of: (node) => this.gatewayRoutesOf(node) });
     if (v.ok) {
-      this.counters.relayDirections++;
-      this.trace(`route ${b.routeId}: relay ${b.nodeA} ↔ ${b.nodeB} for ${this.dcName(m.key.keyId)}`);
+      if (v.created) {
+        this.counters.relayDirections++;
+        this.trace(`route ${b.routeId}: relay ${b.nodeA} ↔ ${b.nodeB} for ${this.dcName(m.key.keyId)}`);
+      } else this.counters.relayDirectionsRepeated++;
       this.ack(m, Status.ok, '');
       return;
     }
@@ -543,10 +573,10 @@ export class RelayServer {
   private onHolePunching(m: Incoming, b: Body<'holePunching'>): void {
     const c = this.relay.counters;
     if (b.routeId !== m.key.keyId) {
-      c.punchDropUnknownRoute++;
+      c.punchDropMismatch++;
       return;
     }
-    const ack: Body<'holePunchingAck'> = { inReplyTo: m.envelope.messageId, routeId: b.routeId, observed: wireFrom(m.from) };
+    const ack: Body<'holePunchingAck'> = { inReplyTo: m.envelope.messageId, routeId: b.routeId, observed: wireEndpoint(m.from) };
     const answerLength = NON_ESP_MARKER_SIZE + HEADER_SIZE + encodeBody('holePunchingAck', ack).length + TAG_SIZE;
     if (answerLength > this.requestLength) {
       c.punchDropTooShort++;
@@ -554,10 +584,10 @@ export class RelayServer {
     }
     const r = this.relay.punch(b.routeId, b.node, m.from, this.now());
     if (!r.ok) {
-      this.trace(`route ${b.routeId}: hole punch from ${b.node} at ${formatEndpoint(m.from)} refused: ${r.reason}`);
+      if (this.config.verbose) this.trace(`route ${b.routeId}: hole punch from ${b.node} at ${formatEndpoint(m.from)} refused: ${r.reason}`);
       return;
     }
-    this.trace(`route ${b.routeId}: ${b.node} at ${formatEndpoint(m.from)}${r.moved ? ' (moved)' : ''}`);
+    if (this.config.verbose) this.trace(`route ${b.routeId}: ${b.node} at ${formatEndpoint(m.from)}${r.moved ? ' (moved)' : ''}`);
     this.channel.reply(m, 'holePunchingAck', ack);
   }
 
@@ -576,11 +606,17 @@ export class RelayServer {
     if (b.expiresAt <= now) return fail(Status.badRequest, 'the route has already expired');
     const existing = this.gwRoutes.get(b.routeId);
     if (existing !== undefined) {
-      if (existing.ktun.equals(b.ktun) && existing.node === b.node) return this.ack(m, Status.ok, '');
+      if (existing.ktun.equals(b.ktun) && existing.node === b.node) {
+        this.counters.gatewayDirectionsRepeated++;
+        return this.ack(m, Status.ok, '');
+      }
       return fail(Status.badRequest, `route ID ${b.routeId} is in use`);
     }
     if (this.relay.route(b.routeId, now) !== undefined) return fail(Status.badRequest, `route ID ${b.routeId} is in use`);
     if (b.node === this.config.name) return fail(Status.badRequest, `${b.node} is this RS`);
+    // The DC has already left such targets out; the RS does not rely on it.
+    const refusal = this.targetRefusal(b.targets4, b.targets6, b.node, gw.allowPrivate === true);
+    if (refusal !== null) return fail(Status.badRequest, refusal);
     const pairs4 = b.nodeVips4.flatMap((v) => b.targets4.map((t): [string, string] => [v, t]));
     const pairs6 = b.nodeVips6.flatMap((v) => b.targets6.map((t): [string, string] => [v, t]));
     if (pairs4.length + pairs6.length === 0) return fail(Status.badRequest, `no target address in a family ${b.node} has a VIP of`);
@@ -645,6 +681,28 @@ export class RelayServer {
     this.ack(m, Status.ok, '');
   }
 
+  /**
+   * Why the RS will not forward to one of a gateway route's targets, or null: an address of the
+   * wrong family, a private or reserved one (protocol/ip.ts reservedRange; the private ranges
+   * are allowed with gateway.allowPrivate, the others never), one of this host's, or the VIP of
+   * another node of a gateway route here (its replies would go into that node's tunnel).
+   */
+  private targetRefusal(targets4: string[], targets6: string[], node: string, allowPrivate: boolean): string | null {
+    const own = this.ownAddresses();
+    for (const [family, list] of [[4, targets4], [6, targets6]] as const) {
+      for (const t of list) {
+        if (isIP(t) !== family) return `target ${t} is not an IPv${family} address`;
+        const r = reservedRange(t);
+        if (r !== null && !(r.private && allowPrivate)) return `target ${t} is ${r.what} (${r.range})${r.private ? '; gateway.allowPrivate is off' : ''}`;
+        if (own.some((a) => sameAddress(a, t))) return `target ${t} is an address of this RS`;
+        for (const g of this.gwRoutes.values()) {
+          if (g.node !== node && [...g.nodeVips4, ...g.nodeVips6].some((v) => sameAddress(v, t))) return `target ${t} is the VIP of ${g.node} on this RS`;
+        }
+      }
+    }
+    return null;
+  }
+
   private gatewayRoutesOf(node: string): number {
     let n = 0;
     for (const r of this.gwRoutes.values()) if (r.node === node) n++;
@@ -689,7 +747,7 @@ export class RelayServer {
       if (now > r.expiresAt + this.graceMs || unused) dropRoute(r.routeId);
     }
     const withRoutes = new Set([...this.gwRoutes.values()].map((r) => r.node));
-    const index = new Map<string, string>();
+    const index = new EndpointMap<string>();
     for (const [node, peer] of tunnels.peers) {
       const s = peer.tunnel.stats;
       const last = Math.max(s.lastRx, s.lastTx, peer.keyedAt, this.gwSeen.get(node) ?? 0);
@@ -702,7 +760,7 @@ export class RelayServer {
         this.trace(`gateway tunnel to ${node} ended (${withRoutes.has(node) ? 'idle' : 'no route left'})`);
         continue;
       }
-      if (peer.tunnel.endpoint !== null) index.set(peer.tunnel.endpoint.toString('hex'), node);
+      if (peer.tunnel.endpoint !== null) index.set(peer.tunnel.endpoint, node);
     }
     this.gwByEndpoint = index;
     if (changed) {
@@ -774,9 +832,17 @@ export class RelayServer {
     };
   }
 
+  /** The protocol trace (--verbose). Where a line is costly to build (per datagram), the caller checks config.verbose first. */
   private trace(line: string): void {
     if (this.config.verbose) this.log(line);
   }
+}
+
+/** The host's addresses (every interface's, and the listen address unless it is a wildcard). */
+function hostAddresses(listen: string): string[] {
+  const out = listen === '::' || listen === '0.0.0.0' ? [] : [listen];
+  for (const list of Object.values(networkInterfaces())) for (const a of list ?? []) out.push(a.address);
+  return out;
 }
 
 /** The RS's certificate must name it (DCs connect with that name) and carry the role `rs`. */
@@ -788,14 +854,7 @@ export function checkCertificate(certFile: string, name: string): void {
     throw new Error(`tls.cert ${certFile}: ${(e as Error).message}`);
   }
   if (cert.checkHost(name, { wildcards: false }) === undefined) throw new Error(`tls.cert ${certFile}: does not name ${name} (subjectAltName ${cert.subjectAltName ?? 'none'})`);
-  const ous = cert.subject
-    .split('\n')
-    .filter((l) => l.startsWith('OU='))
-    .map((l) => l.slice(3));
-  if (ous.length !== 1 || ous[0] !== 'rs') throw new Error(`tls.cert ${certFile}: role (OU) ${ous.join(', ') || 'none'}, want rs (DCs refuse it otherwise)`);
-}
-
-function wireFrom(sockaddr: Buffer): WireEndpoint {
-  const e = decodeSockaddr(sockaddr);
-  return { address: e.address, port: e.port };
+  // The role as the DCs will read it from the TLS session (servers/identity.ts).
+  const { role } = peerIdentity(cert.toLegacyObject());
+  if (role !== 'rs') throw new Error(`tls.cert ${certFile}: role (OU) ${role ?? 'none or several'}, want rs (DCs refuse it otherwise)`);
 }
