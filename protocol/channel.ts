@@ -64,6 +64,12 @@ export class ChannelCounters {
   timeouts = 0;
 }
 
+/** Given to request(): lets its caller send the request again at once, to its current destination. */
+export class RequestHandle {
+  /** Set by request(); does nothing once the request is answered or given up. */
+  resendNow: () => void = () => undefined;
+}
+
 export class RequestTimeout extends Error {
   override readonly name = 'RequestTimeout';
 }
@@ -200,8 +206,11 @@ export class ControlChannel {
   /**
    * Sends a request and resolves with the first authenticated message under the same key whose
    * inReplyTo names it; retransmits the same bytes with backoff, rejects with RequestTimeout.
+   * `to` may be a function, asked again before every transmission: a receiver whose address
+   * changes while we wait (a node woken behind a NAT that gave it a new mapping) gets the
+   * retransmissions where it is now. With `handle`, the caller can also send again at once.
    */
-  request<N extends MessageName>(type: N, body: Body<N>, key: SendKey, to: Buffer, policy: RetransmitPolicy = DEFAULT_RETRANSMIT): Promise<Incoming> {
+  request<N extends MessageName>(type: N, body: Body<N>, key: SendKey, to: Buffer | (() => Buffer), policy: RetransmitPolicy = DEFAULT_RETRANSMIT, handle?: RequestHandle): Promise<Incoming> {
     if (this.closed) return Promise.reject(new Error('control channel is closed'));
     const messageId = newMessageId();
     const datagram = this.seal(type, body, key, messageId);
@@ -212,6 +221,7 @@ export class ControlChannel {
       this.pending.set(id, p);
       let tries = 0;
       let wait = policy.initialMs;
+      const dest = (): Buffer => (typeof to === 'function' ? to() : to);
       const attempt = (): void => {
         if (!this.pending.has(id)) return;
         if (tries >= policy.tries) {
@@ -222,10 +232,18 @@ export class ControlChannel {
         }
         if (tries > 0) this.counters.retransmits++;
         tries++;
-        this.transmit(datagram, to);
+        this.transmit(datagram, dest());
         p.timer = setTimeout(attempt, wait);
         wait = Math.min(wait * 2, policy.maxMs);
       };
+      if (handle !== undefined) {
+        // The same bytes again, outside the backoff schedule (which goes on as it was).
+        handle.resendNow = () => {
+          if (!this.pending.has(id)) return;
+          this.counters.retransmits++;
+          this.transmit(datagram, dest());
+        };
+      }
       attempt();
     });
   }

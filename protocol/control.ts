@@ -31,9 +31,13 @@ export const KeyClass = {
   dcrs: 4,
   /** A tunnel's own key (derived from Kmncn, key ID = the receiver's inbound SPI): path probes and updates. */
   path: 5,
+  /** Made by the DC for one node, held by the node and the NS: notifications NS → node (over MQTT). */
+  ntmns: 6,
+  /** DC ↔ NS, from the TLS exporter at first contact (like Kdcrs). */
+  dcns: 7,
 } as const;
 export type KeyClassCode = (typeof KeyClass)[keyof typeof KeyClass];
-const KEY_CLASS_NAMES = ['tls', 'Kntmdc', 'Kdcdc', 'Ktun', 'Kdcrs', 'Kpath'];
+const KEY_CLASS_NAMES = ['tls', 'Kntmdc', 'Kdcdc', 'Ktun', 'Kdcrs', 'Kpath', 'Kntmns', 'Kdcns'];
 
 export const Status = {
   ok: 0,
@@ -46,6 +50,8 @@ export const Status = {
   internal: 7,
   keyMismatch: 8,
   overQuota: 9,
+  /** A service the request needs is not configured here or does not answer (e.g. no Notification Server). */
+  unavailable: 10,
 } as const;
 export type StatusCode = (typeof Status)[keyof typeof Status];
 export function statusName(code: number): string {
@@ -296,6 +302,65 @@ export const MESSAGES = {
     fields: [
       ['inReplyTo', 'id'],
       ['observed', 'endpoint'],
+    ],
+  },
+  // ---- the Notification Server (docs/ns.md) ----
+  notifyRequest: {
+    code: 21,
+    keys: 'Kntmdc',
+    fields: [
+      /** A registered name of the asking node (the grant covers the node: every name under its Kntmdc). */
+      ['name', 'name'],
+      /** The MQTT keepalive the node will use: the DC grants a UDP keepalive interval of about as long. */
+      ['keepaliveSeconds', 'u16'],
+    ],
+  },
+  notifyResponse: {
+    code: 22,
+    keys: 'Kntmdc',
+    fields: [
+      ['inReplyTo', 'id'],
+      ['status', 'u16'],
+      /** The NS's name (its certificate's), and the broker URL it announced ('' if none). */
+      ['ns', 'text'],
+      ['broker', 'text'],
+      /** Kntmns and its key ID (the MQTT user name and topic derive from the ID, the password from the key). */
+      ['keyId', 'u32'],
+      ['key', 'key'],
+      ['expiresAt', 'time'],
+      /** The UDP keepalive interval the DC now expects from this node; it expires the node after 3 of them. */
+      ['keepaliveSeconds', 'u16'],
+    ],
+  },
+  nsKeyDistribution: {
+    code: 23,
+    keys: 'Kdcns',
+    fields: [
+      ['keyId', 'u32'],
+      ['key', 'key'],
+      ['expiresAt', 'time'],
+      /** The node (its Kntmdc's FQDN): notifications from this DC for it go out under this key. */
+      ['node', 'name'],
+    ],
+  },
+  notification: {
+    code: 24,
+    keys: 'Kdcns (DC → NS), Kntmns (NS → node, over MQTT)',
+    fields: [
+      ['node', 'name'],
+      /** NotifyReason: why the node is woken. */
+      ['reason', 'u8'],
+      /** The route that waits for the node (0: none). */
+      ['routeId', 'u32'],
+    ],
+  },
+  nsHello: {
+    code: 25,
+    keys: 'tls (NS → DC, first contact)',
+    fields: [
+      ['name', 'name'],
+      /** The MQTT URL nodes connect to, as the NS announces it ('' if it does not say). */
+      ['broker', 'text'],
     ],
   },
 } as const satisfies Record<string, { code: number; keys: string; fields: Schema }>;
@@ -667,6 +732,9 @@ export const PathKind = { direct: 0, relay: 1, gateway: 2 } as const;
 
 /** Direction Request flags. */
 export const DirectionFlags = { relay: 1, general: 2 } as const;
+
+/** Why a notification wakes a node. */
+export const NotifyReason = { direction: 1 } as const;
 
 /** Pad of a Hole Punching request: with it the request is never shorter than the RS's answer. */
 export const HOLE_PUNCH_PAD = '-'.repeat(24);

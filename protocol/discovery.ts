@@ -12,6 +12,11 @@ export const DC_TLS_PORT = 4501;
  *  (first contact with DCs): different from the DC's, so that one machine can run both. */
 export const RS_PORT = 4600;
 export const RS_TLS_PORT = 4601;
+/** A Notification Server's UDP port (Notification and NS Key Distribution from DCs, under Kdcns), its
+ *  mutual-TLS port (first contact with DCs), and the MQTT-over-TLS port its nodes connect to. */
+export const NS_PORT = 4700;
+export const NS_TLS_PORT = 4701;
+export const MQTT_TLS_PORT = 8883;
 
 export interface DcLocation {
   zone: string;

@@ -43,6 +43,20 @@ export interface RouterConfig {
    * as it always did (this daemon does not touch it).
    */
   general: { viaRelay: string[] };
+  /**
+   * MQTT mode (docs/ns.md): keep one MQTT session to the DC's Notification Server and be woken
+   * through it, instead of a UDP keepalive every 20 s. null: off (UDP keepalives).
+   */
+  notify: NotifyConfig | null;
+}
+
+export interface NotifyConfig {
+  /** The broker URL (mqtts://); null: the one the NS announces in the DC's grant. */
+  mqtt: string | null;
+  /** CA of the broker's certificate (the operator's); default the AS's `as.ca`. */
+  caFile: string;
+  /** MQTT keepalive, and the UDP keepalive interval asked of the DC (it may grant less). */
+  keepaliveSeconds: number;
 }
 
 export class RouterConfigError extends Error {
@@ -87,7 +101,7 @@ export function parseRouterConfig(text: string, baseDir = '.'): RouterConfig {
     if (e instanceof RouterConfigError) throw e;
     throw new RouterConfigError(`config: not valid JSON (${(e as Error).message})`);
   }
-  const known = ['name', 'account', 'as', 'privateKeyFile', 'listen', 'tun', 'lan', 'publish', 'dns', 'resolvers', 'dc', 'dcPort', 'suite', 'rekeyAfterSeconds', 'mapPool4', 'socketPath', 'nftTable', 'general'];
+  const known = ['name', 'account', 'as', 'privateKeyFile', 'listen', 'tun', 'lan', 'publish', 'dns', 'resolvers', 'dc', 'dcPort', 'suite', 'rekeyAfterSeconds', 'mapPool4', 'socketPath', 'nftTable', 'general', 'notify'];
   for (const k of Object.keys(root)) if (!known.includes(k)) throw new RouterConfigError(`${k}: unknown setting (known: ${known.join(', ')})`);
   const account = obj(root.account, 'account');
   let password: string;
@@ -128,12 +142,35 @@ export function parseRouterConfig(text: string, baseDir = '.'): RouterConfig {
   const general = obj(root.general ?? {}, 'general');
   for (const k of Object.keys(general)) if (k !== 'viaRelay') throw new RouterConfigError(`general.${k}: unknown setting (known: viaRelay)`);
   const viaRelay = strings(general, 'viaRelay', 'general.').map((d, i) => name(d, `general.viaRelay[${i}]`));
+  const asCa = resolvePath(baseDir, str(as, 'ca', 'as.'));
+  let notify: NotifyConfig | null = null;
+  if (root.notify !== undefined && root.notify !== null && root.notify !== false) {
+    const n = obj(root.notify, 'notify');
+    for (const k of Object.keys(n)) if (!['mqtt', 'ca', 'keepaliveSeconds'].includes(k)) throw new RouterConfigError(`notify.${k}: unknown setting (known: mqtt, ca, keepaliveSeconds)`);
+    let mqtt: string | null = null;
+    if (n.mqtt !== undefined && n.mqtt !== null) {
+      mqtt = str(n, 'mqtt', 'notify.');
+      let u: URL | null = null;
+      try {
+        u = new URL(mqtt);
+      } catch {
+        u = null;
+      }
+      // Plain mqtt:// would hand the broker credentials to anyone on the path.
+      if (u === null || u.protocol !== 'mqtts:' || u.hostname === '') throw new RouterConfigError(`notify.mqtt: "${mqtt}" must be an mqtts:// URL with a host`);
+    }
+    notify = {
+      mqtt,
+      caFile: n.ca === undefined ? asCa : resolvePath(baseDir, str(n, 'ca', 'notify.')),
+      keepaliveSeconds: int(n, 'keepaliveSeconds', 'notify.', 300, 10, 3600),
+    };
+  }
   const tunName = str(tun, 'name', 'tun.', 'ntm0');
   if (tunName.length > 15) throw new RouterConfigError(`tun.name: "${tunName}" is longer than 15 characters`);
   return {
     name: ownName,
     account: { email: str(account, 'email', 'account.'), password },
-    as: { url, caFile: resolvePath(baseDir, str(as, 'ca', 'as.')) },
+    as: { url, caFile: asCa },
     privateKeyFile: resolvePath(baseDir, str(root, 'privateKeyFile', '', '/etc/ntmobile/node.key')),
     listen: { address: str(listen, 'address', 'listen.', '::'), port: int(listen, 'port', 'listen.', 4500, 0, 65535) },
     tun: { name: tunName, mtu: int(tun, 'mtu', 'tun.', 1400, 1280, 9000) },
@@ -154,6 +191,7 @@ export function parseRouterConfig(text: string, baseDir = '.'): RouterConfig {
     socketPath: str(root, 'socketPath', '', '/var/run/ntmobile.sock'),
     nftTable: str(root, 'nftTable', '', 'ntmobile'),
     general: { viaRelay },
+    notify,
   };
 }
 

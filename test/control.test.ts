@@ -5,7 +5,7 @@
 import t, { type Test } from 'tap';
 import { createCipheriv, randomBytes } from 'node:crypto';
 import {
-  AuthError, CONTROL_VERSION, DecodeError, DirectionFlags, HOLE_PUNCH_PAD, PathKind, HEADER_SIZE, KeyClass, MESSAGES, Role, Status, TAG_SIZE, ZERO_KEY,
+  AuthError, CONTROL_VERSION, DecodeError, DirectionFlags, HOLE_PUNCH_PAD, NotifyReason, PathKind, HEADER_SIZE, KeyClass, MESSAGES, Role, Status, TAG_SIZE, ZERO_KEY,
   decodeBody, decodeTlsMessage, encodeBody, encodeTlsMessage, openMessage, readHeader, sealMessage,
   type Body, type Envelope, type MessageName,
 } from '../protocol/control.js';
@@ -138,6 +138,26 @@ const SAMPLES: { [N in MessageName]: Body<N>[] } = {
   pathProbeAck: [
     { inReplyTo: 5n, observed: { address: '198.51.100.1', port: 1 } },
     { inReplyTo: 6n, observed: null },
+  ],
+  notifyRequest: [
+    { name: 'router-1.fleet.example', keepaliveSeconds: 300 },
+    { name: 'b2.lan.router-2.fleet.example', keepaliveSeconds: 0xffff },
+  ],
+  notifyResponse: [
+    {
+      inReplyTo: 0x1122334455667788n, status: Status.ok, ns: 'ns1.notify.example', broker: 'mqtts://198.51.100.50:8883', keyId: 0xdeadbeef,
+      key: key32(25), expiresAt: T0 + 86_400_000, keepaliveSeconds: 300,
+    },
+    { inReplyTo: 3n, status: Status.unavailable, ns: '', broker: '', keyId: 0, key: ZERO_KEY, expiresAt: 0, keepaliveSeconds: 20 },
+  ],
+  nsKeyDistribution: [{ keyId: 1, key: key32(26), expiresAt: T0 + 3_600_000, node: 'router-1.fleet.example' }],
+  notification: [
+    { node: 'router-1.fleet.example', reason: NotifyReason.direction, routeId: 0xffffffff },
+    { node: 'mn.example.com', reason: 0, routeId: 0 },
+  ],
+  nsHello: [
+    { name: 'ns1.notify.example', broker: 'mqtts://ns1.notify.example:8883' },
+    { name: 'ns1.notify.example', broker: '' },
   ],
   keyDistribution: [
     { keyId: 7, key: key32(16), expiresAt: T0 + 86_400_000, fqdn: 'router-1.fleet.example', names: ['a1.lan.router-1.fleet.example'], publicKey: key32(17) },
@@ -351,11 +371,11 @@ t.test('unknown type, version, key class, nonzero flags are refused by readHeade
   t.equal(open(sealRaw(header(code), plain, KEY), KEY).type, 'deregistration', 'the hand-made header is valid as it is');
   const cases: [string, Buffer, RegExp][] = [
     ['type 0', header(0), /message type 0 is unknown/],
-    ['type 21', header(21), /message type 21 is unknown/],
+    ['type 26', header(26), /message type 26 is unknown/],
     ['type 255', header(255), /message type 255 is unknown/],
     ['version 0', header(code, { version: 0 }), /version 0, want 1/],
     ['version 2', header(code, { version: 2 }), /version 2, want 1/],
-    ['key class 6', header(code, { keyClass: 6 }), /key class 6 is unknown/],
+    ['key class 8', header(code, { keyClass: 8 }), /key class 8 is unknown/],
     ['key class 255', header(code, { keyClass: 255 }), /key class 255 is unknown/],
     ['flags 1', header(code, { flags: 1 }), /flags 1, want 0/],
     ['flags 0x80', header(code, { flags: 0x80 }), /flags 128, want 0/],

@@ -28,6 +28,17 @@ t.test('defaults', async (t) => {
   t.equal(c.rekeyAfterSeconds, 1800);
   t.equal(c.listen.port, 4500);
   t.equal(c.mapPool4, '10.255.255.0/24');
+  t.equal(c.notify, null, 'MQTT mode is off unless configured: UDP keepalives');
+});
+
+t.test('notify (MQTT mode)', async (t) => {
+  const c = parse({ notify: { mqtt: 'mqtts://ns1.notify.test:8883', ca: 'ns-ca.crt', keepaliveSeconds: 600 } });
+  t.strictSame(c.notify, { mqtt: 'mqtts://ns1.notify.test:8883', caFile: `${dir}/ns-ca.crt`, keepaliveSeconds: 600 });
+  const d = parse({ notify: {} });
+  t.strictSame(d.notify, { mqtt: null, caFile: `${dir}/ca.crt`, keepaliveSeconds: 300 }, 'defaults: the broker the NS announces, the AS’s CA (the operator’s), 300 s');
+  t.equal(parse({ notify: null }).notify, null, 'null: off');
+  t.equal(parse({ notify: false }).notify, null, 'false: off');
+  t.strictSame(parse({ notify: { mqtt: 'mqtts://[2001:db8::16]:8883' } }).notify?.mqtt, 'mqtts://[2001:db8::16]:8883', 'an IPv6 literal');
 });
 
 t.test('general.viaRelay', async (t) => {
@@ -48,6 +59,13 @@ t.test('bad input: a RouterConfigError that names the setting', async (t) => {
     [{ as: { url: 'http://x', ca: 'c' } }, /as\.url: "http:\/\/x" must be an https:\/\/ URL/],
     [{ dc: { 'fleet1.test': 'nowhere' } }, /dc\.fleet1\.test: want an IP address/],
     [{ tun: { name: 'a-very-long-tun-name' } }, /tun\.name: .* longer than 15/],
+    [{ notify: { mqtt: 'mqtt://ns1.notify.test:1883' } }, /notify\.mqtt: "mqtt:\/\/ns1\.notify\.test:1883" must be an mqtts:\/\/ URL/],
+    [{ notify: { mqtt: 'not a url' } }, /notify\.mqtt: "not a url" must be an mqtts:\/\/ URL/],
+    [{ notify: { mqtt: 42 } }, /notify\.mqtt: want a non-empty string/],
+    [{ notify: { keepaliveSeconds: 5 } }, /notify\.keepaliveSeconds: 5 is not an integer in 10\.\.3600/],
+    [{ notify: { keepaliveSeconds: 300.5 } }, /notify\.keepaliveSeconds: 300\.5 is not an integer/],
+    [{ notify: { url: 'mqtts://x' } }, /notify\.url: unknown setting \(known: mqtt, ca, keepaliveSeconds\)/],
+    [{ notify: 'mqtts://x' }, /notify: want an object/],
   ];
   for (const [input, re] of cases) {
     const text = typeof input === 'string' ? input : JSON.stringify({ ...MIN, ...input });

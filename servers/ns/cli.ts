@@ -1,0 +1,85 @@
+#!/usr/bin/env node
+// `ntmobile-ns serve --config FILE`: one Notification Server (docs/ns.md).
+
+import { readFileSync, writeFileSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { parseNsConfig, UsageError } from './config.js';
+import { NotificationServer } from './ns.js';
+
+const USAGE = `Usage: ntmobile-ns serve --config FILE [--status FILE] [--verbose]
+
+Runs a Notification Server: wakes nodes behind NATs over one MQTT session each (instead of a UDP
+keepalive every 20 s), when their DC has a tunnel for them. DCs make first contact over mutual
+TLS and send keys and notifications over UDP; nodes connect to the MQTT broker over TLS.
+
+Config (JSON; relative paths are relative to the config file):
+  name         a DNS name of its certificate (OU ns), e.g. "ns1.notify.test"   (required)
+  listen       { "address": "::", "port": 4700 }      UDP: NS Key Distribution, Notification (Kdcns)
+  tls          { "port": 4701, "ca", "cert", "key" }  mutual TLS (first contact by DCs); the
+               embedded broker serves MQTT with the same certificate             (required)
+  broker       the MQTT broker nodes connect to; one of
+               { "type": "embedded", "address": "::", "port": 8883,
+                 "publicUrl": "mqtts://NAME:8883", "maxKeepaliveSeconds": 3600 }   (default)
+               { "type": "mosquitto", "url": "mqtts://127.0.0.1:8883", "ca": "ca.crt",
+                 "username": "ntmobile-ns", "passwordFile": "mqtt.password",
+                 "accessControl": "dynsec", "publicUrl": "mqtts://ns1.notify.test:8883" }
+               publicUrl is what DCs tell their nodes; accessControl "dynsec" makes one
+               Mosquitto client per node key through the dynamic-security plugin (the NS's user
+               must be its admin), "none" leaves who may subscribe to the broker's own rules
+  state        file keeping the node keys across restarts (0600); default: memory only
+  maxKeys      (100000) node keys held at most
+
+Options:
+  --status FILE   write counters, keys and DC contacts as JSON to FILE every second
+  --verbose       print the protocol sequence to stderr
+Signals: SIGINT/SIGTERM stop; SIGUSR1 prints the status.
+`;
+
+async function main(): Promise<void> {
+  const [command, ...rest] = process.argv.slice(2);
+  if (command === undefined || command === '-h' || command === '--help' || command === 'help') {
+    process.stdout.write(USAGE);
+    return;
+  }
+  if (command !== 'serve') throw new UsageError(`unknown command "${command}" (see ntmobile-ns --help)`);
+  const { values } = parseArgs({ args: rest, options: { config: { type: 'string' }, status: { type: 'string' }, verbose: { type: 'boolean', default: false } }, strict: true });
+  if (!values.config) throw new UsageError('serve: --config FILE is required');
+  let text: string;
+  try {
+    text = readFileSync(values.config, 'utf8');
+  } catch (e) {
+    throw new UsageError(`${values.config}: ${(e as Error).message}`);
+  }
+  const config = { ...parseNsConfig(text, dirname(resolve(values.config))), verbose: values.verbose };
+  const ns = new NotificationServer(config);
+  await ns.start();
+  process.stdout.write(`ready ${config.name} udp ${ns.port} tls ${ns.tlsPort} mqtt ${ns.brokerPort ?? config.broker.publicUrl}\n`);
+  const writeStatus = (): void => {
+    if (values.status) writeFileSync(values.status, JSON.stringify(ns.status()));
+  };
+  const timer = values.status ? setInterval(writeStatus, 1000) : null;
+  writeStatus();
+  let stopping = false;
+  const stop = (): void => {
+    if (stopping) return;
+    stopping = true;
+    if (timer) clearInterval(timer);
+    writeStatus();
+    void ns.stop().then(
+      () => process.exit(0),
+      (e: Error) => {
+        process.stderr.write(`ntmobile-ns: stop: ${e.message}\n`);
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGINT', stop);
+  process.on('SIGTERM', stop);
+  process.on('SIGUSR1', () => process.stderr.write(`${JSON.stringify(ns.status())}\n`));
+}
+
+main().catch((e: Error) => {
+  process.stderr.write(`ntmobile-ns: ${e.message}\n`);
+  process.exit(e instanceof UsageError || (e as NodeJS.ErrnoException).code?.startsWith('ERR_PARSE_ARGS') ? 2 : 1);
+});
