@@ -27,6 +27,7 @@ import { login, LoginError, type LoginResult } from './login.js';
 import { TunnelTable } from '../tunnel/table.js';
 import { TunnelManager, TunnelSetupError, type PathUpdateResult, type PeerInfo } from '../tunnel/setup.js';
 import { UplinkMonitor } from './uplink.js';
+import { NotifyClient, requestNotifyGrant } from './notify.js';
 
 /** Retransmission for requests a DNS answer waits on: must fit inside the DNS hook's deadline. */
 const FAST: RetransmitPolicy = { initialMs: 250, maxMs: 1000, tries: 4 };
@@ -56,6 +57,7 @@ export class DaemonCounters {
   ignoredMessages = 0;
   handovers = 0;
   natRebindings = 0;
+  wakes = 0;
 }
 
 /** The last move and what it did to each tunnel (status API `uplink.lastHandover`). */
@@ -104,6 +106,9 @@ export class RouterDaemon {
   private observedByDc: WireEndpoint | null = null;
   /** Our uplink address when the DC last told us where it saw us. */
   private observedFrom: string | null = null;
+  /** MQTT mode (docs/ns.md): one MQTT session to the NS instead of 20 s UDP keepalives to the DC. */
+  private readonly notify: NotifyClient | null = null;
+  private natKeepaliveTimer: NodeJS.Timeout | null = null;
 
   constructor(
     readonly config: RouterConfig,
@@ -135,6 +140,16 @@ export class RouterDaemon {
       directRetransmit: DIRECT_FIRST_TRY,
       log: (l) => this.log(l),
     });
+    if (config.notify !== null) {
+      this.notify = new NotifyClient({
+        url: config.notify.mqtt,
+        caFile: config.notify.caFile,
+        keepaliveSeconds: config.notify.keepaliveSeconds,
+        now,
+        log: (l) => this.log(l),
+        onWake: () => this.wake(),
+      });
+    }
     this.uplink = new UplinkMonitor({
       probe: async () => (this.dcAddress === null ? null : (await this.localEndpoint()).address),
       onChange: (from, to) => this.handover(`uplink ${from ?? 'none'} → ${to ?? 'none'}`, from, to),
@@ -161,6 +176,13 @@ export class RouterDaemon {
     this.engine = new Engine(this.device, this.socket, this.table, { onControl: (msg, from) => this.channel.receive(msg, from) });
     this.engine.start();
     this.tunnels.start();
+    // NAT keepalives to live tunnels' peers every 20 s, whatever the DC keepalive interval is
+    // (in MQTT mode that one is minutes).
+    this.natKeepaliveTimer = setInterval(() => {
+      this.engine?.sendKeepalives();
+      void this.tunnels.refreshRelays(Promise.resolve()).catch((e: Error) => this.log(`relays: ${e.message}`));
+    }, 20_000);
+    this.natKeepaliveTimer.unref();
     this.dnsHook = new DnsHook({
       address: c.dns.address,
       port: c.dns.port,
@@ -253,6 +275,24 @@ export class RouterDaemon {
       if (v !== null) await addAddress(this.config.tun.name, `${v}/${len}`).catch(ignoreExists);
     }
     await this.applyLan();
+    if (this.notify !== null) {
+      try {
+        const grant = await requestNotifyGrant(this.channel, this.dcKey(), this.dc!, this.config.name, this.config.notify!.keepaliveSeconds);
+        // The DC answers MQTT-mode nodes with the long keepalive interval.
+        this.keepaliveSeconds = grant.keepaliveSeconds;
+        this.notify.use(grant);
+      } catch (e) {
+        this.log(`notify: ${(e as Error).message}: staying on UDP keepalives`);
+      }
+    }
+  }
+
+  /** The NS woke us: a direction is waiting at the DC. A keepalive opens our NAT towards it. */
+  private wake(): void {
+    if (this.state !== 'ready' || this.stopped) return;
+    this.counters.wakes++;
+    if (this.keepaliveTimer) clearTimeout(this.keepaliveTimer);
+    void this.keepalive();
   }
 
   private async applyLan(): Promise<void> {
@@ -304,8 +344,6 @@ export class RouterDaemon {
   /** One keepalive; a DC that forgot us gets a new registration, one that is silent a reconnect. */
   private async keepalive(): Promise<void> {
     if (this.stopped) return;
-    this.engine?.sendKeepalives();
-    void this.tunnels.refreshRelays(Promise.resolve()).catch((e: Error) => this.log(`relays: ${e.message}`));
     try {
       const local = await this.localEndpoint();
       const a = await this.channel.request('keepalive', { local }, this.dcKey(), this.dc!, KEEPALIVE_RETRY);
@@ -378,6 +416,7 @@ export class RouterDaemon {
     const results = await Promise.all(peers.map(async (p) => ({ node: p.route.peerNode, result: await this.tunnels.updatePath(p, registration) })));
     await registration;
     this.engine?.sendKeepalives();
+    this.notify?.reconnect();
     this.lastHandover = { at, reason, from, to, ms: Date.now() - at, registered, tunnels: results };
     this.log(`handover done in ${this.lastHandover.ms} ms: ${results.map((r) => `${r.node} ${r.result}`).join(', ') || 'no tunnels'}`);
   }
@@ -519,6 +558,7 @@ export class RouterDaemon {
       dc: this.dcAddress === null ? null : formatEndpoint(this.dcAddress, this.config.dcPort),
       port: this.socket?.port ?? null,
       registered: [...this.registered.values()],
+      notify: this.notify?.status() ?? null,
       uplink: { address: this.uplink.address, handovers: this.counters.handovers, lastHandover: this.lastHandover, observedByDc: this.observedByDc === null ? null : formatEndpoint(this.observedByDc) },
       keyId: this.session?.keyId ?? null,
       keyExpiresAt: this.session?.expiresAt ?? null,
@@ -554,7 +594,9 @@ export class RouterDaemon {
     this.stopped = true;
     this.state = 'stopping';
     if (this.keepaliveTimer) clearTimeout(this.keepaliveTimer);
+    if (this.natKeepaliveTimer) clearInterval(this.natKeepaliveTimer);
     this.uplink.stop();
+    await this.notify?.stop();
     this.tunnels.stop();
     if (this.session !== null && this.dc !== null) {
       for (const name of this.registered.keys()) this.channel.send('deregistration', { name }, this.dcKey(), this.dc);
