@@ -92,7 +92,7 @@ export interface FleetServer {
   statusPath: string;
 }
 
-export interface Fleet {
+export interface Fleet extends FleetMobility {
   dir: string;
   case: FleetCase;
   as: { host: Host; program: Program; address: string; address6: string; storePath: string };
@@ -130,6 +130,48 @@ export interface Fleet {
   dispose(): void;
 }
 
+// ---- mobility (issue 5) ----
+/** Where a router's uplink is. */
+export interface RouterUplink {
+  ifname: string;
+  site: string;
+  metric: number;
+  /** its own address (IPv4; IPv6 for an IPv6-only router) */
+  address: string;
+  /** where the Internet sees it: the site's NAT's outside address, or its own */
+  publicAddr: string;
+}
+
+/** The metric of a router's first uplink (eth0) default route; addUplink's default is below it. */
+export const UPLINK_METRIC = 100;
+
+/**
+ * Sites for the handover scenarios (test/handover-e2e.test.ts, bench/handover.ts): c and e
+ * behind endpoint-independent NATs (other carriers), d global, f behind a symmetric NAT.
+ */
+export const HANDOVER_SITES: Record<string, SiteNat> = { c: 'eim', d: 'none', e: 'eim', f: 'symmetric' };
+
+export interface FleetMobility {
+  /** Every site of the testbed by name: 'a', 'b' and the extraSites. */
+  sites: Record<string, Site>;
+  /** Each router's uplinks now, the preferred one (lowest metric) first. */
+  routerUplinks: Record<'ra' | 'rb', RouterUplink[]>;
+  /**
+   * Break-before-make: move a router's uplink (default: its preferred one) to another site's
+   * segment. The carrier drops and returns, the interface gets a fresh address of that site
+   * and a default route via its gateway (same metric); the old address and routes are gone.
+   */
+  moveRouter(which: 'ra' | 'rb', site: string, o?: { ifname?: string }): Promise<RouterUplink>;
+  /**
+   * Make-before-break: a second uplink (a new interface, eth1, eth2, …) in another site, with a
+   * fresh address and its own default route at `metric` (default 50, below the first uplink's
+   * 100, so the kernel prefers it at once).
+   */
+  addUplink(which: 'ra' | 'rb', site: string, o?: { metric?: number; ifname?: string }): Promise<RouterUplink>;
+  /** Delete one uplink interface of a router (its addresses and routes go with it). */
+  dropUplink(which: 'ra' | 'rb', ifname: string): Promise<void>;
+}
+
 export interface DcStatus {
   zone: string;
   registrations: { name: string; vip4: string; vip6: string; observed: { address: string; port: number } }[];
@@ -145,6 +187,13 @@ export interface FleetOptions {
   progress?: (line: string) => void;
   /** DC2's IPv4 VIP pool (default 10.78.0.0/16); one inside router A's LAN tests VIP mapping. */
   dc2Pool4?: string;
+  // ---- mobility (issue 5) ----
+  /**
+   * More sites on the testbed's Internet, targets for moveRouter/addUplink: name → NAT type
+   * ('eim', 'symmetric' or 'none' for a global site), e.g. HANDOVER_SITES. Names 'a' and 'b' are
+   * the routers' own sites.
+   */
+  extraSites?: Record<string, SiteNat>;
 }
 
 export async function buildFleet(lab: Lab, o: FleetOptions): Promise<Fleet> {
@@ -154,7 +203,7 @@ export async function buildFleet(lab: Lab, o: FleetOptions): Promise<Fleet> {
   const place = PLACES[o.case];
   if (place === undefined) throw new Error(`buildFleet: case "${String(o.case)}": want one of ${[...FLEET_CASES, ...RELAY_CASES].join(', ')}`);
   say(`testbed: Internet, ${place.text}`);
-  const net = await internetWithNats(lab, { aNat: place.a, bNat: place.b });
+  const net = await internetWithNats(lab, { aNat: place.a, bNat: place.b, extraSites: o.extraSites });
 
   const as = await net.addInternetHost('as');
   const dc1 = await net.addInternetHost('dc1');
@@ -267,7 +316,7 @@ export async function buildFleet(lab: Lab, o: FleetOptions): Promise<Fleet> {
     const a = site.allocate();
     if (ipv6Only && (a.address6 === undefined || site.gateway6 === undefined)) throw new Error(`buildFleet: site ${site.name} has no IPv6 (a NAT site)`);
     const uplink = ipv6Only ? { addr: [`${a.address6}/64`], gateway: [site.gateway6!] } : { addr: a.addr, gateway: a.gateway };
-    await lab.attach(host, site.segment, { name: 'eth0', ...uplink });
+    await lab.attach(host, site.segment, { name: 'eth0', ...uplink, metric: UPLINK_METRIC });
     const seg = await lab.segment(`lan-${tag}`);
     await lab.attach(host, seg, { name: 'lan0', addr: `${lanAddr}/24` });
     const hosts: Record<string, Host> = {};
@@ -337,7 +386,7 @@ export async function buildFleet(lab: Lab, o: FleetOptions): Promise<Fleet> {
   const ra = await startRouter('ra', A.host, NAMES.ra, 'ra@fleet1.test', 'router-a-secret', [], reach4);
   const rb = await startRouter('rb', B.host, NAMES.rb, 'rb@fleet2.test', 'router-b-secret', [{ name: NAMES.b2, address: LAN.b2 }], place.bIpv6Only ? reach6(NAMES.zoneB, dc2.addr6) : reach4);
 
-  const fleet: Fleet = {
+  const fleet: Omit<Fleet, keyof FleetMobility> = {
     dir,
     case: o.case,
     as: { host: as.host, program: asProgram, address: as.addr, address6: as.addr6, storePath },
@@ -381,5 +430,86 @@ export async function buildFleet(lab: Lab, o: FleetOptions): Promise<Fleet> {
       rmSync(dir, { recursive: true, force: true });
     },
   };
-  return fleet;
+  // ---- mobility (issue 5) ----
+  return Object.assign(fleet, mobility(lab, fleet, net.sites, { ra: { host: A.host, site: siteA.name, address: A.uplink }, rb: { host: B.host, site: siteB.name, address: B.uplink, ipv6Only: place.bIpv6Only === true } }));
+}
+
+// ---- mobility (issue 5) ----
+/**
+ * moveRouter, addUplink, dropUplink: the routers' uplinks change at run time as a vehicle's do.
+ * `fleet.uplinks` and `fleet.publicAddrs` follow each router's preferred uplink.
+ */
+function mobility(
+  lab: Lab,
+  fleet: Pick<Fleet, 'uplinks' | 'publicAddrs'>,
+  sites: Record<string, Site>,
+  first: Record<'ra' | 'rb', { host: Host; site: string; address: string; ipv6Only?: boolean }>,
+): FleetMobility {
+  const uplinkOf = (site: Site, address: string): string => site.natBox?.publicAddrs[0] ?? address;
+  const routerUplinks: Record<'ra' | 'rb', RouterUplink[]> = {
+    ra: [{ ifname: 'eth0', site: first.ra.site, metric: UPLINK_METRIC, address: first.ra.address, publicAddr: uplinkOf(sites[first.ra.site]!, first.ra.address) }],
+    rb: [{ ifname: 'eth0', site: first.rb.site, metric: UPLINK_METRIC, address: first.rb.address, publicAddr: first.rb.ipv6Only ? first.rb.address : uplinkOf(sites[first.rb.site]!, first.rb.address) }],
+  };
+  const siteOf = (name: string): Site => {
+    const s = sites[name];
+    if (s === undefined) throw new Error(`fleet: no site "${name}" (sites: ${Object.keys(sites).join(', ')}; add more with extraSites)`);
+    return s;
+  };
+  /** A fresh address in a site, as moveUplink/attach options (IPv6 only for an IPv6-only router). */
+  const allocate = (which: 'ra' | 'rb', site: Site): { addr: string | string[]; gateway: string | string[]; address: string; publicAddr: string } => {
+    const a = site.allocate();
+    if (first[which].ipv6Only) {
+      if (a.address6 === undefined || site.gateway6 === undefined) throw new Error(`fleet: ${which} has IPv6 only, site ${site.name} has no IPv6 (a NAT site)`);
+      return { addr: [`${a.address6}/64`], gateway: [site.gateway6], address: a.address6, publicAddr: a.address6 };
+    }
+    return { addr: a.addr, gateway: a.gateway, address: a.address, publicAddr: uplinkOf(site, a.address) };
+  };
+  const follow = (which: 'ra' | 'rb'): void => {
+    const list = routerUplinks[which];
+    list.sort((x, y) => x.metric - y.metric);
+    const best = list[0];
+    if (best !== undefined) {
+      fleet.uplinks[which] = best.address;
+      fleet.publicAddrs[which] = best.publicAddr;
+    }
+  };
+  return {
+    sites,
+    routerUplinks,
+    async moveRouter(which, siteName, o = {}) {
+      const site = siteOf(siteName);
+      const list = routerUplinks[which];
+      const up = o.ifname === undefined ? list[0] : list.find((u) => u.ifname === o.ifname);
+      if (up === undefined) throw new Error(`fleet: ${which} has no uplink ${o.ifname ?? ''} (has ${list.map((u) => u.ifname).join(', ') || 'none'})`);
+      const a = allocate(which, site);
+      await lab.moveUplink(first[which].host, up.ifname, site.segment, { addr: a.addr, gateway: a.gateway, metric: up.metric });
+      Object.assign(up, { site: site.name, address: a.address, publicAddr: a.publicAddr });
+      follow(which);
+      return { ...up };
+    },
+    async addUplink(which, siteName, o = {}) {
+      const site = siteOf(siteName);
+      const host = first[which].host;
+      const ifname = o.ifname ?? host.allocIfName();
+      const metric = o.metric ?? UPLINK_METRIC / 2;
+      const a = allocate(which, site);
+      await lab.attach(host, site.segment, { name: ifname, addr: a.addr, gateway: a.gateway, metric });
+      const up: RouterUplink = { ifname, site: site.name, metric, address: a.address, publicAddr: a.publicAddr };
+      routerUplinks[which].push(up);
+      follow(which);
+      return { ...up };
+    },
+    async dropUplink(which, ifname) {
+      const host = first[which].host;
+      const list = routerUplinks[which];
+      const i = list.findIndex((u) => u.ifname === ifname);
+      if (i < 0) throw new Error(`fleet: ${which} has no uplink ${ifname} (has ${list.map((u) => u.ifname).join(', ') || 'none'})`);
+      // Deleting one end of the veth deletes both (the far end is a bridge port of the old site).
+      await host.exec('ip', ['link', 'del', ifname]);
+      host.ifaces.delete(ifname);
+      host.forgetRoutesOver(ifname, false);
+      list.splice(i, 1);
+      follow(which);
+    },
+  };
 }

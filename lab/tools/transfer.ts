@@ -2,7 +2,9 @@
 //   node transfer.js serve ADDRESS PORT      accept one connection, answer with the SHA-256 of what it read
 //   node transfer.js send ADDRESS PORT BYTES [BYTES_PER_SECOND]
 //                                           send BYTES random bytes (paced if a rate is given), print
-//                                           {"bytes","sent","receivedBytes","received","seconds"}
+//                                           {"bytes","sent","receivedBytes","received","seconds"};
+//                                           BYTES may be Infinity: SIGTERM ends the stream (as does
+//                                           SIGTERM with a finite BYTES) and the report follows
 // The server prints "listening" once it accepts connections.
 
 import { createHash, randomBytes } from 'node:crypto';
@@ -26,7 +28,8 @@ if (mode === 'serve') {
   });
   server.listen(port, address, () => process.stdout.write('listening\n'));
 } else if (mode === 'send') {
-  const total = Number(bytesText);
+  let total = Number(bytesText);
+  let ended = false;
   const rate = rateText ? Number(rateText) : Infinity;
   const socket = net.connect({ host: address!, port });
   const hash = createHash('sha256');
@@ -42,8 +45,19 @@ if (mode === 'serve') {
       sent += chunk.length;
       if (!socket.write(chunk)) return void socket.once('drain', pump);
     }
+    finish();
+  };
+  const finish = (): void => {
+    if (ended) return;
+    ended = true;
     socket.end();
   };
+  // Stop sending now: what was written still goes out, then the server answers with its hash.
+  process.on('SIGTERM', () => {
+    total = sent;
+    if (socket.readyState === 'open') finish();
+    else process.exit(1);
+  });
   socket.on('connect', pump);
   let reply = '';
   socket.on('data', (d) => (reply += d.toString()));
