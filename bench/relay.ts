@@ -43,8 +43,9 @@ of the per-round ratios), the relays' CPU per 100 Mbit/s and peak RSS, then one 
 the keys seconds, rounds, ntmobile_direct, ntmobile_relay, nebula_relay (median Mbit/s),
 relay_over_direct, ntmobile_over_nebula_relay, rs_rss_kb, nebula_relay_rss_kb, rs_cpu_pct,
 nebula_relay_cpu_pct, rs_cpu_pct_per_100mbit, nebula_relay_cpu_pct_per_100mbit (a relay's CPU
-per 100 Mbit/s carried, steadier than Mbit/s on a busy machine), machine_busy_pct, runs (each
-round's Mbit/s per key).
+per 100 Mbit/s carried, steadier than Mbit/s on a busy machine), rs_drops (the RS's drop
+counters that are not 0: quota, send failures …), machine_busy_pct, runs (each round's Mbit/s
+per key).
 Takes about 20 s + rounds × 3 × (N + 2) s: 2 minutes by default.
 Needs root, iperf3, and nebula for its row (scripts/setup.sh installs them).
 `);
@@ -221,6 +222,8 @@ const median = (xs: number[]): number => {
 let rsRss: number | null = null;
 let nebulaRelayRss: number | null = null;
 let nebulaNote: string | null = null;
+/** The RS's drop counters that are not 0 at the end (quota, send failures, unknown SPI or source …). */
+let rsDrops: Record<string, number> | null = null;
 const paths: Path[] = [];
 
 await inFleet('a-nat', (directFleet) =>
@@ -256,6 +259,9 @@ await inFleet('a-nat', (directFleet) =>
           say(`  ${Math.round(s.result.mbps)} Mbit/s, ${s.result.retransmits} retransmits${relayText}; CPU ${cpuText(s.cpu)}`);
         }
       }
+      await new Promise((r) => setTimeout(r, 1200)); // the RS rewrites its status file every second
+      const counters = (await relayFleet.rsStatus()).counters.relay;
+      rsDrops = Object.fromEntries(Object.entries(counters).filter(([k, v]) => /drop/i.test(k) && v > 0));
       const rsPid = relayFleet.rs1.program.process.pid;
       rsRss = rsPid ? rssKb(rsPid).hwmKb : null;
       const nbPid = tunnel?.pids[2];
@@ -322,6 +328,7 @@ const rsPer100 = cpuPer100('ntmobile_relay', 'rs1');
 const nbPer100 = cpuPer100('nebula_relay', 'relay');
 out(`CPU of the relays per 100 Mbit/s carried: rs1 ${rsPer100 ?? '-'} %, nebula relay ${nbPer100 ?? '-'} % of one core (${ratio(nbPer100, rsPer100) ?? '-'}×)`);
 out(`peak RSS of the relays: rs1 ${rsRss ?? '-'} kB, nebula relay ${nebulaRelayRss ?? '-'} kB`);
+out(`rs1 dropped: ${rsDrops === null ? '-' : Object.keys(rsDrops).length === 0 ? 'nothing (every drop counter of the relay is 0)' : Object.entries(rsDrops).map(([k, v]) => `${k} ${v}`).join(', ')}`);
 const cpuOf = (key: Path['key'], proc: string): number | null => {
   const p = pathOf(key);
   return p ? cpuMedian(p).procs[proc] ?? null : null;
@@ -345,6 +352,7 @@ out(
     nebula_relay_cpu_pct: cpuOf('nebula_relay', 'relay'),
     rs_cpu_pct_per_100mbit: rsPer100,
     nebula_relay_cpu_pct_per_100mbit: nbPer100,
+    rs_drops: rsDrops,
     machine_busy_pct: { ntmobile_direct: busy('ntmobile_direct'), ntmobile_relay: busy('ntmobile_relay'), nebula_relay: busy('nebula_relay') },
     runs: Object.fromEntries(paths.filter((p) => p.samples.length).map((p) => [p.key, p.samples.map((s) => Math.round(s.result.mbps))])),
   }),

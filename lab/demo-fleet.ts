@@ -43,7 +43,7 @@ namespaces and prints a report, in two parts, each in a testbed of its own remov
            the RS, which that host sees as its client
 --relay none leaves out the relayed part; --case with a relay case runs only the relayed part, for
 that case. --keep leaves the namespaces up (remove them with: node dist/lab/cli.js down ID).
-Each part takes about 10 s. Needs root (scripts/setup.sh installs what it uses).
+Both parts together take 10–20 s. Needs root (scripts/setup.sh installs what it uses).
 `);
   process.exit(0);
 }
