@@ -21,6 +21,7 @@ import { type Host, type Lab } from './lab.js';
 import { createPki } from './pki.js';
 import { startProgram, type Program } from './program.js';
 import { internetWithNats, type Site, type SiteNat } from './topology.js';
+import { addNsHost, type BrokerKind, type NsHost } from './notify-lab.js';
 
 const DIST = fileURLToPath(new URL('..', import.meta.url));
 export const ROUTER_CLI = path.join(DIST, 'router/cli.js');
@@ -128,6 +129,8 @@ export interface Fleet extends FleetMobility {
   rsStatus(): Promise<RsStatus>;
   /** Remove the temporary files (the lab removes namespaces and processes). */
   dispose(): void;
+  /** The NS, when the fleet was built with `notify`. */
+  ns: NsHost | null;
 }
 
 // ---- mobility (issue 5) ----
@@ -194,6 +197,11 @@ export interface FleetOptions {
    * the routers' own sites.
    */
   extraSites?: Record<string, SiteNat>;
+  /** Idle timeout of the NATs' endpoint-independent UDP mappings, seconds (default 120). */
+  mappingTimeout?: number;
+  // ---- notification (issue 5, docs/ns.md) ----
+  /** An NS (ns1.notify.test) for the DCs, and these routers in MQTT mode. */
+  notify?: { routers: ('ra' | 'rb')[]; broker?: BrokerKind };
 }
 
 export async function buildFleet(lab: Lab, o: FleetOptions): Promise<Fleet> {
@@ -203,7 +211,7 @@ export async function buildFleet(lab: Lab, o: FleetOptions): Promise<Fleet> {
   const place = PLACES[o.case];
   if (place === undefined) throw new Error(`buildFleet: case "${String(o.case)}": want one of ${[...FLEET_CASES, ...RELAY_CASES].join(', ')}`);
   say(`testbed: Internet, ${place.text}`);
-  const net = await internetWithNats(lab, { aNat: place.a, bNat: place.b, extraSites: o.extraSites });
+  const net = await internetWithNats(lab, { aNat: place.a, bNat: place.b, extraSites: o.extraSites, ...(o.mappingTimeout !== undefined ? { mappingTimeout: o.mappingTimeout } : {}) });
 
   const as = await net.addInternetHost('as');
   const dc1 = await net.addInternetHost('dc1');
@@ -267,6 +275,11 @@ export async function buildFleet(lab: Lab, o: FleetOptions): Promise<Fleet> {
     startProgram(lab, rs.host, RS_CLI, ['serve', '--config', rsConfig, '--status', rsStatusPath, ...(o.verbose !== false ? ['--verbose'] : [])], { tag: 'rs1' });
   const rs1: FleetServer = { host: rs.host, program: await startRs(), address: rs.addr, address6: rs.addr6, configPath: rsConfig, statusPath: rsStatusPath };
   const relays = [{ name: NAMES.rs1, address: rs.addr, address6: rs.addr6, port: RS_PORT, tlsPort: RS_TLS_PORT }];
+  let nsHost: NsHost | null = null;
+  if (o.notify !== undefined) {
+    say(`NS: ns1.notify.test with the ${o.notify.broker ?? 'embedded'} MQTT broker`);
+    nsHost = await addNsHost(lab, net, pki, dir, { broker: o.notify.broker ?? 'embedded', verbose: o.verbose !== false });
+  }
   const dcConfig = (zone: string, addr: string, cert: { certFile: string; keyFile: string; caFile: string }, pool4: string, pool6: string): string => {
     const p = path.join(dir, `dc-${zone}.json`);
     writeFileSync(
@@ -283,6 +296,7 @@ export async function buildFleet(lab: Lab, o: FleetOptions): Promise<Fleet> {
         keepaliveSeconds: 5,
         resolvers: [res.addr],
         relays,
+        ...(nsHost !== null ? { ns: nsHost.dcConfig } : {}),
       }),
     );
     return p;
@@ -370,6 +384,7 @@ export async function buildFleet(lab: Lab, o: FleetOptions): Promise<Fleet> {
         publish,
         dns: { address: '127.0.0.1', port: 5353, domains: [NAMES.zoneA, NAMES.zoneB] },
         general: { viaRelay: [NAMES.general] },
+        ...(nsHost !== null && o.notify!.routers.includes(tag) ? { notify: { mqtt: nsHost.brokerUrl, ca: nsHost.caFile } } : {}),
         suite: o.suite ?? 'aes-gcm',
         ...(o.rekeyAfterSeconds ? { rekeyAfterSeconds: o.rekeyAfterSeconds } : {}),
         socketPath: socket,
@@ -387,6 +402,7 @@ export async function buildFleet(lab: Lab, o: FleetOptions): Promise<Fleet> {
   const rb = await startRouter('rb', B.host, NAMES.rb, 'rb@fleet2.test', 'router-b-secret', [{ name: NAMES.b2, address: LAN.b2 }], place.bIpv6Only ? reach6(NAMES.zoneB, dc2.addr6) : reach4);
 
   const fleet: Omit<Fleet, keyof FleetMobility> = {
+    ns: nsHost,
     dir,
     case: o.case,
     as: { host: as.host, program: asProgram, address: as.addr, address6: as.addr6, storePath },
