@@ -206,7 +206,12 @@ export class RouterDaemon {
         this.state = 'ready';
         this.lastError = null;
         this.scheduleKeepalive();
-        if (this.uplink.address === null) this.uplink.start((await this.localEndpoint().catch(() => null))?.address ?? null);
+        if (this.uplink.address === null) {
+          this.uplink.start((await this.localEndpoint().catch(() => null))?.address ?? null);
+          // We just registered from this address: a different mapping in a keepalive answer
+          // from now on is a NAT rebinding.
+          this.observedFrom = this.uplink.address;
+        }
         this.log(`ready: ${[...this.registered.values()].map((r) => `${r.name} = ${r.vip4}, ${r.vip6}`).join('; ')}`);
         return;
       } catch (e) {

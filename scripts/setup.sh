@@ -13,7 +13,7 @@ packages=(
   iproute2 nftables iputils-ping curl iperf3 tshark dnsmasq-base procps
   python3 make g++
   wireguard-go wireguard-tools nebula openvpn openssl
-  mosquitto
+  mosquitto conntrack
 )
 missing=()
 for p in "${packages[@]}"; do
