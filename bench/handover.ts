@@ -38,8 +38,8 @@ Each scenario and tunnel gets a fleet of its own (lab/fleet.ts plus sites c, e: 
 f: symmetric NAT). The moving router switches N times (default 10), to the scenario's site and back,
 during a TCP transfer paced at 2 MB/s and two UDP streams of 1000 probes/s, one each way.
   ntmobile       a1 → b2 by name (TCP), a1 → b2's VIP and b2 → router A's VIP (UDP)
-  wireguard-go   on the two routers, roaming (each end follows authenticated packets; the end
-                 behind a NAT knows the other's endpoint), router to router
+  wireguard-go   on the two routers, roaming: each end follows authenticated packets; an end is
+                 told the other's endpoint when the other is global; router to router
   nebula         on the two routers with a lighthouse (also its relay) on an Internet host,
                  router to router
 Per switch: the gap in ms (last probe before the switch, first after), the probes lost, the TCP

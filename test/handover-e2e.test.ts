@@ -4,22 +4,25 @@
 // across the switch and must end with no reset and the same SHA-256 at both ends, while a UDP
 // stream a1 → b2 (1000 packets/s, to b2's VIP) measures the gap: the silence between the last
 // probe before the switch and the first after it, and the probes lost in it. A second stream
-// b2 → router A's VIP measures the other direction (reported, not asserted). The moving
-// router must report the handover with no failed tunnel, and the other end must have followed
-// it (direct paths: the peer's path is the mover's new public address; relayed: still via rs1).
-// Make-before-break loses no probe at all.
+// b2 → router A's VIP measures the other direction (it must come back too; its gap is
+// reported). The moving router must report the handover with no failed tunnel, and the other
+// end must have followed it (direct paths: the peer's path is the mover's new public address;
+// relayed: still via rs1). Make-before-break loses no probe at all.
 //
-// Gaps measured on the 2-core VM (one run, 2026-11-23; break-before-make includes the lab's own
-// move, about 100 ms of `ip` commands with the carrier down):
-//   global-to-nat     a1→b2 see the t.comment lines of a run; the figures of bench:handover are
-//   nat-to-nat        in docs/benchmarks.md
-//   nat-to-global
-//   peer-behind-nat
-//   both-move
-//   relayed
-//   two-uplinks       0 lost (asserted)
+// Gaps in one run (2-core VM, 2026-11-23), a1 → b2 / b2 → router A, and what the router did; a
+// break-before-make switch includes the lab's own move, about 100 ms of `ip` commands during
+// which the uplink has no carrier or no address (bench:handover has medians of ten, with
+// wireguard-go and nebula beside them: docs/benchmarks.md):
+//   global-to-nat     50 / 52 ms     path-update
+//   nat-to-nat       101 / 105 ms    path-update
+//   nat-to-global    109 / 108 ms    path-update
+//   peer-behind-nat   66 / 107 ms    path-update
+//   both-move         95 / 97 ms (A moves), 132 / 72 ms (B moves)    path-update each
+//   relayed          303 / 307 ms    re-punch through rs1
+//   two-uplinks        0 lost, longest silence 10 / 9 ms (scheduling noise)    path-update
 //
-// NTM_SCENARIO=key[,key] runs only those (keys in lab/handover.ts). About 20 s per scenario.
+// NTM_SCENARIO=key[,key] runs only those (keys in lab/handover.ts). About 15 s per scenario,
+// under two minutes in all.
 import t from 'tap';
 import { Lab } from '../lab/lab.js';
 import { buildFleet, HANDOVER_SITES, LAN, NAMES, type Fleet } from '../lab/fleet.js';

@@ -35,15 +35,30 @@ if (mode === 'serve') {
   const hash = createHash('sha256');
   const started = Date.now();
   let sent = 0;
+  // Pacing: a token bucket of 100 ms at the rate (at least 64 KiB). Credit does not pile up while
+  // the socket is blocked (a path that stalled), so the sender never catches up in one burst.
+  const bucket = Math.max(65536, rate / 10);
+  let credit = 65536;
+  let refilled = started;
   const pump = (): void => {
     while (sent < total) {
-      // Pacing: never ahead of rate × elapsed time.
-      const allowed = rate === Infinity ? total : Math.min(total, ((Date.now() - started) / 1000) * rate + 65536);
-      if (sent >= allowed) return void setTimeout(pump, 10);
+      if (rate !== Infinity) {
+        const now = Date.now();
+        credit = Math.min(bucket, credit + ((now - refilled) / 1000) * rate);
+        refilled = now;
+        if (credit <= 0) return void setTimeout(pump, 10);
+      }
       const chunk = randomBytes(Math.min(65536, total - sent));
+      credit -= chunk.length;
       hash.update(chunk);
       sent += chunk.length;
-      if (!socket.write(chunk)) return void socket.once('drain', pump);
+      if (!socket.write(chunk)) {
+        socket.once('drain', () => {
+          refilled = Date.now(); // no credit for the time spent blocked
+          pump();
+        });
+        return;
+      }
     }
     finish();
   };
