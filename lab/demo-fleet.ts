@@ -11,10 +11,11 @@
 //
 // Between the two, the handover part, in the direct fleet (built with the sites of other carriers):
 // a1 sends b2 a paced TCP transfer by name and a UDP stream of 1000 packets/s while router A's
-// uplink moves to another carrier's NAT (break-before-make), then gets a second uplink there
-// and loses the old one (make-before-break). Per switch it prints what moved where, router A's
-// handover report (status uplink.lastHandover), the UDP gap and the packets lost in it; at the
-// end, that the TCP transfer finished without a reset and with a matching SHA-256.
+// uplink moves to another carrier's NAT (break-before-make), then it gets a second uplink behind
+// a third carrier's NAT and drops the old one (make-before-break). Per switch it prints what
+// moved where, router A's handover report (status uplink.lastHandover), the UDP gap and the
+// packets lost in it; at the end, that the TCP transfer finished without a reset and with a
+// matching SHA-256.
 //
 //   node dist/lab/demo-fleet.js [--case no-nat|a-nat|b-nat|same-nat|both-eim|both-sym|v4-v6]
 //                               [--relay both-sym|both-eim|v4-v6|none] [--no-handover] [--keep] [--help]
@@ -231,6 +232,10 @@ async function directPart(c: FleetCase): Promise<void> {
  * HANDOVER_SITES: c and e behind other carriers' EIM NATs, d global. In b-nat router A stays
  * on global sites (router B is behind a NAT: two NATs would need the RS, the relayed part's case).
  */
+interface HandoverPlan {
+  /** router A's switches, in sites of HANDOVER_SITES (and its own site a) */
+  steps: HandoverStep[];
+}
 const TO_NATS: HandoverPlan = { steps: [{ router: 'ra', site: 'e' }, { router: 'ra', site: 'c', mbb: true }] };
 const HANDOVER_PLAN: Partial<Record<FleetCase, HandoverPlan>> = {
   'no-nat': TO_NATS,
@@ -246,16 +251,11 @@ const HO_LEAD_MS = 2000;
 const HO_SPACING_MS = 3500;
 const HO_TAIL_MS = 2500;
 
-/** Where an uplink is, in words: "eth0 10.0.1.10 in site a, behind its EIM NAT 198.18.1.2". */
+/** Where an uplink is, in words: "eth0 10.0.1.10 in site a, behind its endpoint-independent NAT 198.18.1.2". */
 function uplinkText(fleet: Fleet, u: RouterUplink): string {
   const site = fleet.sites[u.site];
   const where = site?.nat === 'none' || site?.natBox === undefined ? 'a global address' : `behind its ${site.nat === 'eim' ? 'endpoint-independent' : 'symmetric'} NAT ${u.publicAddr}`;
   return `${u.ifname} ${u.address} in site ${u.site}, ${where}`;
-}
-
-interface HandoverPlan {
-  /** router A's switches, in sites of HANDOVER_SITES (and its own site a) */
-  steps: HandoverStep[];
 }
 
 const hostOf = (p: string | null | undefined): string => (p ?? '').replace(/:\d+$/, '').replace(/^\[|\]$/g, '');

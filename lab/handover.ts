@@ -96,7 +96,7 @@ export function pickScenarios(filter: string | undefined): HandoverScenario[] {
 export interface UplinkStatus {
   address: string | null;
   handovers: number;
-  lastHandover: { at: number; ms: number; reason?: string; tunnels: { node: string; result: string }[] } | null;
+  lastHandover: { at: number; ms: number; reason?: string; from?: string | null; to?: string | null; tunnels: { node: string; result: string }[] } | null;
 }
 
 export async function uplinkStatus(fleet: Fleet, which: Which): Promise<UplinkStatus> {
@@ -113,7 +113,8 @@ export async function waitHandover(fleet: Fleet, which: Which, since: number, ad
   let status = await uplinkStatus(fleet, which);
   for (;;) {
     const h = status.lastHandover;
-    if (status.address === address && h !== null && h.at >= since && h.tunnels.every((x) => x.result !== 'failed')) return { done: true, status };
+    // The handover to this address (not an earlier one, e.g. to no address while the carrier was down).
+    if (status.address === address && h !== null && h.at >= since && h.to === address && h.tunnels.every((x) => x.result !== 'failed')) return { done: true, status };
     if (Date.now() > deadline) return { done: false, status };
     await sleep(50);
     status = await uplinkStatus(fleet, which);

@@ -151,7 +151,12 @@ export class RouterDaemon {
       });
     }
     this.uplink = new UplinkMonitor({
-      probe: async () => (this.dcAddress === null ? null : (await this.localEndpoint()).address),
+      probe: async () => {
+        if (this.dcAddress === null) return null;
+        // With the carrier down the kernel answers with the unspecified address: no uplink.
+        const a = (await this.localEndpoint()).address;
+        return a === '0.0.0.0' || a === '::' ? null : a;
+      },
       onChange: (from, to) => this.handover(`uplink ${from ?? 'none'} → ${to ?? 'none'}`, from, to),
       ownDevice: config.tun.name,
       log: (l) => this.log(l),
