@@ -1,9 +1,7 @@
 #!/usr/bin/env node
 // `ntmobile-dc serve --config FILE`: one Direction Coordinator. `status` prints what it holds.
 
-import { readFileSync, writeFileSync } from 'node:fs';
-import { parseArgs } from 'node:util';
-import { ConfigError, UsageError } from '../config-json.js';
+import { runServerCli } from '../serve.js';
 import { parseDcConfig } from './config.js';
 import { DirectionCoordinator } from './dc.js';
 
@@ -45,41 +43,10 @@ Options:
 Signals: SIGINT/SIGTERM stop; SIGUSR1 prints the status.
 `;
 
-async function main(): Promise<void> {
-  const [command, ...rest] = process.argv.slice(2);
-  if (command === undefined || command === '-h' || command === '--help' || command === 'help') {
-    process.stdout.write(USAGE);
-    return;
-  }
-  if (command !== 'serve') throw new UsageError(`unknown command "${command}" (see ntmobile-dc --help)`);
-  const { values } = parseArgs({ args: rest, options: { config: { type: 'string' }, status: { type: 'string' }, verbose: { type: 'boolean', default: false } }, strict: true });
-  if (!values.config) throw new UsageError('serve: --config FILE is required');
-  let text: string;
-  try {
-    text = readFileSync(values.config, 'utf8');
-  } catch (e) {
-    throw new UsageError(`${values.config}: ${(e as Error).message}`);
-  }
-  const config = { ...parseDcConfig(text), verbose: values.verbose };
-  const dc = new DirectionCoordinator(config);
-  await dc.start();
-  process.stdout.write(`ready ${config.zone} udp ${dc.port} tls ${dc.tlsPort}\n`);
-  const writeStatus = (): void => {
-    if (values.status) writeFileSync(values.status, JSON.stringify(dc.status()));
-  };
-  const timer = values.status ? setInterval(writeStatus, 1000) : null;
-  writeStatus();
-  const stop = (): void => {
-    if (timer) clearInterval(timer);
-    writeStatus();
-    void dc.stop().then(() => process.exit(0));
-  };
-  process.on('SIGINT', stop);
-  process.on('SIGTERM', stop);
-  process.on('SIGUSR1', () => process.stderr.write(`${JSON.stringify(dc.status())}\n`));
-}
-
-main().catch((e: Error) => {
-  process.stderr.write(`ntmobile-dc: ${e.message}\n`);
-  process.exit(e instanceof UsageError || e instanceof ConfigError || (e as NodeJS.ErrnoException).code?.startsWith('ERR_PARSE_ARGS') ? 2 : 1);
+runServerCli({
+  program: 'ntmobile-dc',
+  usage: USAGE,
+  parse: (text) => parseDcConfig(text),
+  create: (config) => new DirectionCoordinator(config),
+  ready: (config, dc) => `${config.zone} udp ${dc.port} tls ${dc.tlsPort}`,
 });

@@ -1,10 +1,8 @@
 #!/usr/bin/env node
 // `ntmobile-ns serve --config FILE`: one Notification Server (docs/ns.md).
 
-import { readFileSync, writeFileSync } from 'node:fs';
-import { dirname, resolve } from 'node:path';
-import { parseArgs } from 'node:util';
-import { parseNsConfig, UsageError } from './config.js';
+import { runServerCli } from '../serve.js';
+import { parseNsConfig } from './config.js';
 import { NotificationServer } from './ns.js';
 
 const USAGE = `Usage: ntmobile-ns serve --config FILE [--status FILE] [--verbose]
@@ -36,50 +34,10 @@ Options:
 Signals: SIGINT/SIGTERM stop; SIGUSR1 prints the status.
 `;
 
-async function main(): Promise<void> {
-  const [command, ...rest] = process.argv.slice(2);
-  if (command === undefined || command === '-h' || command === '--help' || command === 'help') {
-    process.stdout.write(USAGE);
-    return;
-  }
-  if (command !== 'serve') throw new UsageError(`unknown command "${command}" (see ntmobile-ns --help)`);
-  const { values } = parseArgs({ args: rest, options: { config: { type: 'string' }, status: { type: 'string' }, verbose: { type: 'boolean', default: false } }, strict: true });
-  if (!values.config) throw new UsageError('serve: --config FILE is required');
-  let text: string;
-  try {
-    text = readFileSync(values.config, 'utf8');
-  } catch (e) {
-    throw new UsageError(`${values.config}: ${(e as Error).message}`);
-  }
-  const config = { ...parseNsConfig(text, dirname(resolve(values.config))), verbose: values.verbose };
-  const ns = new NotificationServer(config);
-  await ns.start();
-  process.stdout.write(`ready ${config.name} udp ${ns.port} tls ${ns.tlsPort} mqtt ${ns.brokerPort ?? config.broker.publicUrl}\n`);
-  const writeStatus = (): void => {
-    if (values.status) writeFileSync(values.status, JSON.stringify(ns.status()));
-  };
-  const timer = values.status ? setInterval(writeStatus, 1000) : null;
-  writeStatus();
-  let stopping = false;
-  const stop = (): void => {
-    if (stopping) return;
-    stopping = true;
-    if (timer) clearInterval(timer);
-    writeStatus();
-    void ns.stop().then(
-      () => process.exit(0),
-      (e: Error) => {
-        process.stderr.write(`ntmobile-ns: stop: ${e.message}\n`);
-        process.exit(1);
-      },
-    );
-  };
-  process.on('SIGINT', stop);
-  process.on('SIGTERM', stop);
-  process.on('SIGUSR1', () => process.stderr.write(`${JSON.stringify(ns.status())}\n`));
-}
-
-main().catch((e: Error) => {
-  process.stderr.write(`ntmobile-ns: ${e.message}\n`);
-  process.exit(e instanceof UsageError || (e as NodeJS.ErrnoException).code?.startsWith('ERR_PARSE_ARGS') ? 2 : 1);
+runServerCli({
+  program: 'ntmobile-ns',
+  usage: USAGE,
+  parse: parseNsConfig,
+  create: (config) => new NotificationServer(config),
+  ready: (config, ns) => `${config.name} udp ${ns.port} tls ${ns.tlsPort} mqtt ${ns.brokerPort ?? config.broker.publicUrl}`,
 });

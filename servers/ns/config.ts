@@ -10,7 +10,9 @@ import { MQTT_TLS_PORT, NS_PORT, NS_TLS_PORT } from '../../protocol/discovery.js
 import { type BrokerConfig, type NsConfig } from './ns.js';
 
 /** A malformed config or command line: exit status 2. */
-export class UsageError extends Error {}
+import { UsageError } from '../config-json.js';
+
+export { UsageError };
 
 export const NS_DEFAULTS = {
   listen: { address: '::', port: NS_PORT },

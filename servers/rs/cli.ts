@@ -1,10 +1,8 @@
 #!/usr/bin/env node
 // `ntmobile-rs serve --config FILE`: one Relay Server (docs/relay.md).
 
-import { readFileSync, writeFileSync } from 'node:fs';
-import { dirname, resolve } from 'node:path';
-import { parseArgs } from 'node:util';
-import { parseRsConfig, UsageError } from './config.js';
+import { runServerCli } from '../serve.js';
+import { parseRsConfig } from './config.js';
 import { RelayServer } from './rs.js';
 
 const USAGE = `Usage: ntmobile-rs serve --config FILE [--status FILE] [--verbose]
@@ -32,50 +30,10 @@ Options:
 Signals: SIGINT/SIGTERM stop (and remove what was set up); SIGUSR1 prints the status.
 `;
 
-async function main(): Promise<void> {
-  const [command, ...rest] = process.argv.slice(2);
-  if (command === undefined || command === '-h' || command === '--help' || command === 'help') {
-    process.stdout.write(USAGE);
-    return;
-  }
-  if (command !== 'serve') throw new UsageError(`unknown command "${command}" (see ntmobile-rs --help)`);
-  const { values } = parseArgs({ args: rest, options: { config: { type: 'string' }, status: { type: 'string' }, verbose: { type: 'boolean', default: false } }, strict: true });
-  if (!values.config) throw new UsageError('serve: --config FILE is required');
-  let text: string;
-  try {
-    text = readFileSync(values.config, 'utf8');
-  } catch (e) {
-    throw new UsageError(`${values.config}: ${(e as Error).message}`);
-  }
-  const config = { ...parseRsConfig(text, dirname(resolve(values.config))), verbose: values.verbose };
-  const rs = new RelayServer(config);
-  await rs.start();
-  process.stdout.write(`ready ${config.name} udp ${rs.port} tls ${rs.tlsPort}${config.gateway ? ` gateway ${config.gateway.tun}` : ''}\n`);
-  const writeStatus = (): void => {
-    if (values.status) writeFileSync(values.status, JSON.stringify(rs.status()));
-  };
-  const timer = values.status ? setInterval(writeStatus, 1000) : null;
-  writeStatus();
-  let stopping = false;
-  const stop = (): void => {
-    if (stopping) return;
-    stopping = true;
-    if (timer) clearInterval(timer);
-    writeStatus();
-    void rs.stop().then(
-      () => process.exit(0),
-      (e: Error) => {
-        process.stderr.write(`ntmobile-rs: stop: ${e.message}\n`);
-        process.exit(1);
-      },
-    );
-  };
-  process.on('SIGINT', stop);
-  process.on('SIGTERM', stop);
-  process.on('SIGUSR1', () => process.stderr.write(`${JSON.stringify(rs.status())}\n`));
-}
-
-main().catch((e: Error) => {
-  process.stderr.write(`ntmobile-rs: ${e.message}\n`);
-  process.exit(e instanceof UsageError || (e as NodeJS.ErrnoException).code?.startsWith('ERR_PARSE_ARGS') ? 2 : 1);
+runServerCli({
+  program: 'ntmobile-rs',
+  usage: USAGE,
+  parse: parseRsConfig,
+  create: (config) => new RelayServer(config),
+  ready: (config, rs) => `${config.name} udp ${rs.port} tls ${rs.tlsPort}${config.gateway ? ` gateway ${config.gateway.tun}` : ''}`,
 });

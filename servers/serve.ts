@@ -1,0 +1,76 @@
+// The one way our servers run from the command line (`ntmobile-dc|rs|ns serve --config FILE
+// [--status FILE] [--verbose]`): argument parsing, the config file read with a clear error,
+// a ready line, the status file every second, SIGINT/SIGTERM stop (removing what the server set
+// up), SIGUSR1 prints the status; exit 2 for bad usage or config, 1 for anything else.
+
+import { readFileSync, writeFileSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { UsageError } from './config-json.js';
+
+export interface Servable {
+  start(): Promise<void>;
+  stop(): Promise<void>;
+  status(): object;
+}
+
+export interface ServeSpec<C, S extends Servable> {
+  /** The program's name in messages, e.g. "ntmobile-rs". */
+  program: string;
+  usage: string;
+  /** Parses the config text (paths relative to `baseDir`); throws a UsageError (or ConfigError). */
+  parse: (text: string, baseDir: string) => C;
+  create: (config: C & { verbose: boolean }) => S;
+  /** What follows "ready " once the server listens. */
+  ready: (config: C, server: S) => string;
+}
+
+export function runServerCli<C, S extends Servable>(spec: ServeSpec<C, S>): void {
+  serve(spec).catch((e: Error) => {
+    process.stderr.write(`${spec.program}: ${e.message}\n`);
+    process.exit(e instanceof UsageError || (e as NodeJS.ErrnoException).code?.startsWith('ERR_PARSE_ARGS') ? 2 : 1);
+  });
+}
+
+async function serve<C, S extends Servable>(spec: ServeSpec<C, S>): Promise<void> {
+  const [command, ...rest] = process.argv.slice(2);
+  if (command === undefined || command === '-h' || command === '--help' || command === 'help') {
+    process.stdout.write(spec.usage);
+    return;
+  }
+  if (command !== 'serve') throw new UsageError(`unknown command "${command}" (see ${spec.program} --help)`);
+  const { values } = parseArgs({ args: rest, options: { config: { type: 'string' }, status: { type: 'string' }, verbose: { type: 'boolean', default: false } }, strict: true });
+  if (!values.config) throw new UsageError('serve: --config FILE is required');
+  let text: string;
+  try {
+    text = readFileSync(values.config, 'utf8');
+  } catch (e) {
+    throw new UsageError(`${values.config}: ${(e as Error).message}`);
+  }
+  const config = spec.parse(text, dirname(resolve(values.config)));
+  const server = spec.create({ ...config, verbose: values.verbose });
+  await server.start();
+  process.stdout.write(`ready ${spec.ready(config, server)}\n`);
+  const writeStatus = (): void => {
+    if (values.status) writeFileSync(values.status, JSON.stringify(server.status()));
+  };
+  const timer = values.status ? setInterval(writeStatus, 1000) : null;
+  writeStatus();
+  let stopping = false;
+  const stop = (): void => {
+    if (stopping) return;
+    stopping = true;
+    if (timer) clearInterval(timer);
+    writeStatus();
+    void server.stop().then(
+      () => process.exit(0),
+      (e: Error) => {
+        process.stderr.write(`${spec.program}: stop: ${e.message}\n`);
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGINT', stop);
+  process.on('SIGTERM', stop);
+  process.on('SIGUSR1', () => process.stderr.write(`${JSON.stringify(server.status())}\n`));
+}
