@@ -46,6 +46,8 @@ ${allowDnat ? `    iifname ${outside} oifname ${inside} ct status dnat accept\n`
  * whatever the destination (EIM). Inbound UDP to a mapped external port is DNATed to the internal
  * endpoint, whoever sends it (EIF). New mappings come from masquerade, which keeps the source port when
  * it can; when another internal endpoint already owns that external port it picks a random one.
+ * Every outbound packet refreshes the mapping (RFC 4787 REQ-6), also the answers of a flow that
+ * was opened from the outside through it.
  * TCP and ICMP are plainly masqueraded (port-preserving, replies only).
  */
 export function eimRuleset(o: NatRulesOptions): string {
@@ -76,6 +78,7 @@ export function eimRuleset(o: NatRulesOptions): string {
   chain learn {
     type filter hook postrouting priority 300; policy accept;
     iifname ${inside} oifname ${outside} ct direction original ct status snat meta l4proto udp update @eim_out { ct original ip saddr . ct original proto-src : ip saddr . udp sport } update @eim_in { udp sport : ct original ip saddr . ct original proto-src }
+    iifname ${inside} oifname ${outside} ct direction reply ct status dnat meta l4proto udp update @eim_out { ct reply ip saddr . ct reply proto-src : ip saddr . udp sport } update @eim_in { udp sport : ct reply ip saddr . ct reply proto-src }
   }
 }
 ${filterTable(inside, outside, true)}`;

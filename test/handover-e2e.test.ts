@@ -9,17 +9,17 @@
 // end must have followed it (direct paths: the peer's path is the mover's new public address;
 // relayed: still via rs1). Make-before-break loses no probe at all.
 //
-// Gaps in one run (2-core VM, 2026-11-23), a1 → b2 / b2 → router A, and what the router did; a
-// break-before-make switch includes the lab's own move, about 100 ms of `ip` commands during
-// which the uplink has no carrier or no address (bench:handover has medians of ten, with
-// wireguard-go and nebula beside them: docs/benchmarks.md):
-//   global-to-nat     50 / 52 ms     path-update
-//   nat-to-nat       101 / 105 ms    path-update
-//   nat-to-global    109 / 108 ms    path-update
-//   peer-behind-nat   66 / 107 ms    path-update
-//   both-move         95 / 97 ms (A moves), 132 / 72 ms (B moves)    path-update each
-//   relayed          303 / 307 ms    re-punch through rs1
-//   two-uplinks        0 lost, longest silence 10 / 9 ms (scheduling noise)    path-update
+// Gaps in one run (2-core VM, 2026-11-23, router of 4957b6a), a1 → b2 / b2 → router A, and what
+// the router reported; a break-before-make switch includes the lab's own move, about 100 ms of
+// `ip` commands during which the uplink has no carrier or no address (bench:handover has
+// medians of ten, with wireguard-go and nebula beside them: docs/benchmarks.md):
+//   global-to-nat     67 / 70 ms     path-update in 31 ms
+//   nat-to-nat       137 / 137 ms    path-update in 34 ms
+//   nat-to-global     87 / 88 ms     path-update in 24 ms
+//   peer-behind-nat   49 / 90 ms     path-update in 28 ms
+//   both-move         84 / 82 ms (A moves), 92 / 55 ms (B moves)    path-update in 29, 28 ms
+//   relayed          109 / 109 ms    re-punch through rs1 in 22 ms
+//   two-uplinks        0 / 0 lost, longest silences 6 / 15 ms (scheduling noise)    path-update in 27 ms
 //
 // NTM_SCENARIO=key[,key] runs only those (keys in lab/handover.ts). About 15 s per scenario,
 // under two minutes in all.
