@@ -158,41 +158,47 @@ export async function startSession(o: SessionOptions): Promise<Session> {
       abort,
       tcpAlive: () => sender.child.exitCode === null && sender.child.signalCode === null,
       async finish() {
-        if (o.tcp.bytes === Infinity) sender.child.kill('SIGTERM');
-        if (o.seconds === 0) for (const p of probes) p.child.kill('SIGTERM');
-        // A sender that cannot finish (a dead path) is killed after a while: the report says so.
-        const senders = [sender.child, ...probes.map((p) => p.child)];
-        const limit = setTimeout(
-          () => senders.forEach((c) => c.exitCode === null && c.signalCode === null && c.kill('SIGKILL')),
-          openEnded ? 60_000 : Math.max(o.seconds, o.tcp.bytes / o.tcp.bytesPerSecond) * 1000 + 90_000,
-        );
-        const [s, ...ps] = await Promise.all([sender.done, ...probes.map((p) => p.done)]);
-        clearTimeout(limit);
-        const retransmits = (await tcpRetransSegs(o.tcp.from)) - retransBefore;
-        for (const [i, p] of ps.entries()) if (p.code !== 0 && p.code !== 128) throw new Error(`probe sender ${o.udp[i]!.label}: exit ${p.code}: ${p.stderr.trim()}`);
-        await new Promise((r) => setTimeout(r, 300)); // the last probes in flight
-        const udp: Record<string, ProbeSummary> = {};
-        for (const r of receivers) {
-          if (r.child.exitCode !== null || r.child.signalCode !== null) throw new Error(`probe receiver ${r.label} ended early`);
-          const exited = once(r.child, 'exit');
-          r.child.kill('SIGTERM');
-          await exited;
-          const line = r.out().split('\n').find((l) => l.startsWith('{'));
-          if (line === undefined) throw new Error(`probe receiver ${r.label} printed no summary`);
-          udp[r.label] = JSON.parse(line) as ProbeSummary;
+        try {
+          return await finishSession();
+        } finally {
+          abort(); // the TCP server exits by itself; anything left (also after an error) is killed
         }
-        let tcp: TcpOutcome;
-        const line = s.stdout.split('\n').find((l) => l.startsWith('{'));
-        if (s.code === 0 && line !== undefined) {
-          const j = JSON.parse(line) as { bytes: number; sent: string; receivedBytes: number; received: string; seconds: number };
-          tcp = { code: 0, error: '', bytes: j.bytes, receivedBytes: j.receivedBytes, intact: j.sent === j.received && j.bytes === j.receivedBytes, seconds: j.seconds, retransmits };
-        } else {
-          tcp = { code: s.code || 1, error: s.stderr.trim() || (s.code === 128 ? 'killed: no answer from the server' : 'no result'), bytes: 0, receivedBytes: 0, intact: false, seconds: (Date.now() - startedAt) / 1000, retransmits };
-        }
-        abort(); // the TCP server exits by itself; anything left is killed
-        return { tcp, udp };
       },
     };
+    async function finishSession(): Promise<SessionResult> {
+      if (o.tcp.bytes === Infinity) sender.child.kill('SIGTERM');
+      if (o.seconds === 0) for (const p of probes) p.child.kill('SIGTERM');
+      // A sender that cannot finish (a dead path) is killed after a while: the report says so.
+      const senders = [sender.child, ...probes.map((p) => p.child)];
+      const limit = setTimeout(
+        () => senders.forEach((c) => c.exitCode === null && c.signalCode === null && c.kill('SIGKILL')),
+        openEnded ? 60_000 : Math.max(o.seconds, o.tcp.bytes / o.tcp.bytesPerSecond) * 1000 + 90_000,
+      );
+      const [s, ...ps] = await Promise.all([sender.done, ...probes.map((p) => p.done)]);
+      clearTimeout(limit);
+      const retransmits = (await tcpRetransSegs(o.tcp.from)) - retransBefore;
+      for (const [i, p] of ps.entries()) if (p.code !== 0 && p.code !== 128) throw new Error(`probe sender ${o.udp[i]!.label}: exit ${p.code}: ${p.stderr.trim()}`);
+      await new Promise((r) => setTimeout(r, 300)); // the last probes in flight
+      const udp: Record<string, ProbeSummary> = {};
+      for (const r of receivers) {
+        if (r.child.exitCode !== null || r.child.signalCode !== null) throw new Error(`probe receiver ${r.label} ended early`);
+        const exited = once(r.child, 'exit');
+        r.child.kill('SIGTERM');
+        await exited;
+        const line = r.out().split('\n').find((l) => l.startsWith('{'));
+        if (line === undefined) throw new Error(`probe receiver ${r.label} printed no summary`);
+        udp[r.label] = JSON.parse(line) as ProbeSummary;
+      }
+      let tcp: TcpOutcome;
+      const line = s.stdout.split('\n').find((l) => l.startsWith('{'));
+      if (s.code === 0 && line !== undefined) {
+        const j = JSON.parse(line) as { bytes: number; sent: string; receivedBytes: number; received: string; seconds: number };
+        tcp = { code: 0, error: '', bytes: j.bytes, receivedBytes: j.receivedBytes, intact: j.sent === j.received && j.bytes === j.receivedBytes, seconds: j.seconds, retransmits };
+      } else {
+        tcp = { code: s.code || 1, error: s.stderr.trim() || (s.code === 128 ? 'killed: no answer from the server' : 'no result'), bytes: 0, receivedBytes: 0, intact: false, seconds: (Date.now() - startedAt) / 1000, retransmits };
+      }
+      return { tcp, udp };
+    }
   } catch (e) {
     abort();
     throw e;

@@ -72,6 +72,18 @@ export interface HandoverReport {
   tunnels: { node: string; result: PathUpdateResult }[];
 }
 
+/** A change of where we are: a new uplink address, or a new NAT mapping on the same one. */
+interface Move {
+  reason: string;
+  from: string | null;
+  to: string | null;
+  rebinding: boolean;
+}
+
+/** After a handover some tunnel could not be moved: try those again after 5 s, 10 s, … at most every 60 s. */
+const MOVE_RETRY_FIRST_MS = 5000;
+const MOVE_RETRY_MAX_MS = 60_000;
+
 export class RouterDaemon {
   readonly counters = new DaemonCounters();
   readonly table = new TunnelTable();
@@ -100,7 +112,11 @@ export class RouterDaemon {
   private stopped = false;
   private readonly uplink: UplinkMonitor;
   private handingOver: Promise<void> | null = null;
-  private pendingHandover: { reason: string; from: string | null; to: string | null } | null = null;
+  private pendingHandover: Move | null = null;
+  /** A move noticed while we were not registered: handled as soon as we are again. */
+  private missedMove: Move | null = null;
+  private uplinkStarted = false;
+  private moveRetry: { timer: NodeJS.Timeout; waitMs: number } | null = null;
   private lastHandover: HandoverReport | null = null;
   /** Where the DC last saw us (registration or keepalive answer): a change is a NAT rebinding. */
   private observedByDc: WireEndpoint | null = null;
@@ -138,6 +154,7 @@ export class RouterDaemon {
       },
       retransmit: FAST,
       directRetransmit: DIRECT_FIRST_TRY,
+      sendDummy: (t) => void this.engine?.sendDummy(t),
       log: (l) => this.log(l),
     });
     if (config.notify !== null) {
@@ -157,7 +174,7 @@ export class RouterDaemon {
         const a = (await this.localEndpoint()).address;
         return a === '0.0.0.0' || a === '::' ? null : a;
       },
-      onChange: (from, to) => this.handover(`uplink ${from ?? 'none'} → ${to ?? 'none'}`, from, to),
+      onChange: (from, to) => this.handover({ reason: `uplink ${from ?? 'none'} → ${to ?? 'none'}`, from, to, rebinding: false }),
       ownDevice: config.tun.name,
       log: (l) => this.log(l),
     });
@@ -211,13 +228,19 @@ export class RouterDaemon {
         this.state = 'ready';
         this.lastError = null;
         this.scheduleKeepalive();
-        if (this.uplink.address === null) {
+        if (!this.uplinkStarted) {
+          this.uplinkStarted = true;
           this.uplink.start((await this.localEndpoint().catch(() => null))?.address ?? null);
           // We just registered from this address: a different mapping in a keepalive answer
           // from now on is a NAT rebinding.
           this.observedFrom = this.uplink.address;
         }
         this.log(`ready: ${[...this.registered.values()].map((r) => `${r.name} = ${r.vip4}, ${r.vip6}`).join('; ')}`);
+        // We moved while registering again (a dead zone: the keepalive failed, then a new
+        // uplink came): we are registered from the new place, the tunnels still have to move.
+        const missed = this.missedMove;
+        this.missedMove = null;
+        if (missed !== null && this.tunnels.peers.size > 0) this.handover(missed);
         return;
       } catch (e) {
         this.lastError = (e as Error).message;
@@ -369,7 +392,11 @@ export class RouterDaemon {
           // Same uplink address, new mapping: the carrier's NAT rebound us. Peers and relays
           // still send to the old mapping; tell them where we are.
           this.counters.natRebindings++;
-          this.handover(`NAT rebinding ${formatEndpoint(before)} → ${formatEndpoint(seen)}`, formatEndpoint(before), formatEndpoint(seen));
+          const reason = `NAT rebinding ${formatEndpoint(before)} → ${formatEndpoint(seen)}`;
+          // The DC took the new mapping from this keepalive; with no tunnel nobody else needs it
+          // (in MQTT mode the mapping lapses between keepalives by design: no work for that).
+          if (this.tunnels.peers.size > 0) this.handover({ reason, from: formatEndpoint(before), to: formatEndpoint(seen), rebinding: true });
+          else this.log(`${reason}: no tunnel to move`);
         }
         return;
       }
@@ -390,23 +417,29 @@ export class RouterDaemon {
    * do not wait for the registration, only a new direction does. A move while one is running is
    * handled right after it, from the newest state.
    */
-  private handover(reason: string, from: string | null, to: string | null): void {
-    if (this.state !== 'ready' || this.stopped) return;
-    if (this.handingOver !== null) {
-      this.pendingHandover = { reason, from, to };
+  private handover(move: Move): void {
+    if (this.stopped) return;
+    if (this.state !== 'ready') {
+      // connect() registers from wherever we are; it moves the tunnels after that. A local
+      // change outranks a rebinding seen before it.
+      if (this.missedMove === null || !move.rebinding) this.missedMove = { ...move, from: this.missedMove?.from ?? move.from };
       return;
     }
-    this.handingOver = this.runHandover(reason, from, to)
+    if (this.handingOver !== null) {
+      this.pendingHandover = move;
+      return;
+    }
+    this.handingOver = this.runHandover(move)
       .catch((e: Error) => this.log(`handover: ${e.message}`))
       .finally(() => {
         this.handingOver = null;
         const next = this.pendingHandover;
         this.pendingHandover = null;
-        if (next !== null) this.handover(next.reason, next.from, next.to);
+        if (next !== null) this.handover(next);
       });
   }
 
-  private async runHandover(reason: string, from: string | null, to: string | null): Promise<void> {
+  private async runHandover({ reason, from, to, rebinding }: Move): Promise<void> {
     const at = Date.now();
     this.counters.handovers++;
     const peers = [...this.tunnels.peers.values()];
@@ -426,9 +459,51 @@ export class RouterDaemon {
     const results = await Promise.all(peers.map(async (p) => ({ node: p.route.peerNode, result: await this.tunnels.updatePath(p, registration) })));
     await registration;
     this.engine?.sendKeepalives();
-    this.notify?.reconnect();
+    // The MQTT session runs over TCP from our address: a new address needs a new session, a new
+    // UDP mapping does not.
+    if (!rebinding) this.notify?.reconnect();
     this.lastHandover = { at, reason, from, to, ms: Date.now() - at, registered, tunnels: results };
     this.log(`handover done in ${this.lastHandover.ms} ms: ${results.map((r) => `${r.node} ${r.result}`).join(', ') || 'no tunnels'}`);
+    this.retryFailedMoves(results, MOVE_RETRY_FIRST_MS);
+  }
+
+  /**
+   * Tunnels a handover could not move (no answer at the peer's address and no new direction
+   * yet: the peer offline, the DC not reachable yet) are tried again with backoff while they
+   * exist; a newer handover takes over.
+   */
+  private retryFailedMoves(results: { node: string; result: PathUpdateResult }[], waitMs: number): void {
+    if (this.moveRetry !== null) clearTimeout(this.moveRetry.timer);
+    this.moveRetry = null;
+    const failed = results.filter((r) => r.result === 'failed').map((r) => r.node);
+    if (failed.length === 0 || this.stopped) return;
+    const timer = setTimeout(() => {
+      this.moveRetry = null;
+      if (this.stopped) return;
+      if (this.state !== 'ready' || this.handingOver !== null) return this.retryFailedMoves(results, waitMs);
+      const peers = failed.map((n) => this.tunnels.peers.get(n)).filter((p) => p !== undefined);
+      if (peers.length === 0) return;
+      this.handingOver = Promise.all(peers.map(async (p) => ({ node: p.route.peerNode, result: await this.tunnels.updatePath(p, Promise.resolve()) })))
+        .then((again) => {
+          this.log(`handover retry: ${again.map((r) => `${r.node} ${r.result}`).join(', ')}`);
+          if (this.lastHandover !== null) {
+            for (const r of again) {
+              const t = this.lastHandover.tunnels.find((x) => x.node === r.node);
+              if (t !== undefined) t.result = r.result;
+            }
+          }
+          this.retryFailedMoves(again, Math.min(waitMs * 2, MOVE_RETRY_MAX_MS));
+        })
+        .catch((e: Error) => this.log(`handover retry: ${e.message}`))
+        .finally(() => {
+          this.handingOver = null;
+          const next = this.pendingHandover;
+          this.pendingHandover = null;
+          if (next !== null) this.handover(next);
+        });
+    }, waitMs);
+    timer.unref();
+    this.moveRetry = { timer, waitMs };
   }
 
   // ---- control messages that are not answers -------------------------------------------------
@@ -605,6 +680,7 @@ export class RouterDaemon {
     this.state = 'stopping';
     if (this.keepaliveTimer) clearTimeout(this.keepaliveTimer);
     if (this.natKeepaliveTimer) clearInterval(this.natKeepaliveTimer);
+    if (this.moveRetry !== null) clearTimeout(this.moveRetry.timer);
     this.uplink.stop();
     await this.notify?.stop();
     this.tunnels.stop();

@@ -201,6 +201,19 @@ t.test('VIPs: IPv6 VIP inside a shorter ULA prefix; small IPv4 pool runs out cle
   t.throws(() => Registry.open(join(dir, 'b.json'), { ...POOL, ipv4: '10.99.0.0/31' }, () => T0), /too small/);
 });
 
+t.test('a state file that cannot be written: counted, the registry goes on from memory', async (t) => {
+  const dir = tempDir(t);
+  const blocker = join(dir, 'not-a-dir');
+  writeFileSync(blocker, 'x');
+  const r = Registry.open(join(blocker, 'dc.json'), POOL, () => T0);
+  r.putKey(nodeKey(12, 'router-2.fleet.example'));
+  const reg = registration('router-2.fleet.example', 12, T0);
+  t.strictSame(r.register(reg), { changed: true }, 'the registration is taken');
+  t.ok(r.stateWriteFailed >= 2, `each failed write counted (${r.stateWriteFailed})`);
+  t.match(r.lastStateError ?? '', /ENOTDIR|EEXIST|not a directory/i, `the last error is kept for the status (${r.lastStateError})`);
+  t.strictSame(r.registration('router-2.fleet.example'), reg, 'and held in memory');
+});
+
 t.test('state survives reopen: keys, VIPs, registrations; file mode 0600', async (t) => {
   const dir = tempDir(t);
   const path = join(dir, 'sub', 'dc.json');

@@ -67,9 +67,13 @@ async function ownVip4(fleet: Fleet, which: 'ra' | 'rb'): Promise<string> {
 const hostOf = (path: string | null | undefined): string => (path ?? '').replace(/:\d+$/, '').replace(/^\[|\]$/g, '');
 const results = (s: UplinkStatus): string => s.lastHandover?.tunnels.map((x) => `${x.node} ${x.result}`).join(', ') || 'no tunnels';
 
+/** Not a lab/handover.ts scenario (no traffic during the switch): the test at the end of this file. */
+const DEAD_ZONE = 'dead-zone';
+const filter = process.env.NTM_SCENARIO;
+const wanted = filter === undefined ? null : filter.split(',').map((k) => k.trim()).filter(Boolean);
 let scenarios: HandoverScenario[];
 try {
-  scenarios = pickScenarios(process.env.NTM_SCENARIO);
+  scenarios = wanted === null ? pickScenarios(undefined) : wanted.length === 1 && wanted[0] === DEAD_ZONE ? [] : pickScenarios(wanted.filter((k) => k !== DEAD_ZONE).join(','));
 } catch (e) {
   t.fail(`NTM_SCENARIO: ${(e as Error).message}`);
   scenarios = [];
@@ -151,6 +155,64 @@ for (const s of scenarios) {
         }
       },
       { label: `ho-${s.key}` },
+    );
+  });
+}
+
+// A vehicle in a tunnel: no coverage for longer than the DC keepalive allows (the lab's DC asks
+// for one every 5 s, 7 s of retries), so the daemon is registering again when the router comes
+// out of it at another site (another symmetric NAT, the tunnel relayed). The move it noticed
+// while it was not registered is not lost: right after the registration the relayed tunnel is
+// punched from the new place, without waiting for the next 20 s punch.
+if (wanted === null || wanted.includes(DEAD_ZONE)) {
+  t.test(`${DEAD_ZONE}: router A loses coverage until its registration lapses, then comes back behind another NAT: the relayed tunnel moves right after it registers again`, async (t) => {
+    await Lab.withLab(
+      async (lab) => {
+        const fleet = await buildFleet(lab, { case: 'both-sym', extraSites: HANDOVER_SITES });
+        t.teardown(() => fleet.dispose());
+        const vip = await vipOfB2(fleet);
+        t.ok(await fleet.a1.ping(vip), 'a1 reaches b2 before');
+        t.match((await peerOf(fleet, 'ra'))?.route ?? '', /^relay via /, 'the path is relayed');
+        const status = async () => (await fleet.ra.api('status')) as { state: string; uplink: UplinkStatus };
+
+        // No coverage: the link stays up (an LTE modem out of range), nothing gets through.
+        const up = fleet.routerUplinks.ra[0]!.ifname;
+        await fleet.ra.host.nft(`table inet deadzone {\n  chain in { type filter hook input priority -300; iifname ${up} drop; }\n  chain out { type filter hook output priority -300; oifname ${up} drop; }\n}\n`);
+        const lostAt = Date.now();
+        let st = await status();
+        while (st.state === 'ready' && Date.now() - lostAt < 25_000) {
+          await sleep(200);
+          st = await status();
+        }
+        t.not(st.state, 'ready', `router A noticed it lost its DC and is registering again (${st.state}, after ${Date.now() - lostAt} ms)`);
+
+        // Out of the tunnel at another site; coverage back a moment later.
+        const moved = await fleet.moveRouter('ra', 'f');
+        await sleep(1000);
+        await fleet.ra.host.exec('nft', ['delete', 'table', 'inet', 'deadzone']);
+        const backAt = Date.now();
+        let handover: UplinkStatus['lastHandover'] = null;
+        let readyAt = 0;
+        while (Date.now() - backAt < 20_000) {
+          st = await status();
+          if (st.state === 'ready' && readyAt === 0) readyAt = Date.now();
+          const h = st.uplink.lastHandover;
+          if (h !== null && h.at >= backAt - 1000 && h.tunnels.length > 0 && h.tunnels.every((x) => x.result !== 'failed')) {
+            handover = h;
+            break;
+          }
+          await sleep(100);
+        }
+        t.ok(readyAt > 0, `router A registered again ${readyAt - backAt} ms after coverage came back`);
+        t.ok(handover !== null, `router A moved its tunnel after registering (${handover?.reason ?? 'no handover reported'}: ${handover?.tunnels.map((x) => `${x.node} ${x.result}`).join(', ') ?? '-'})`);
+        t.ok(handover !== null && handover.at - readyAt < 3000, `the move followed the registration at once (${handover === null ? '-' : handover.at - readyAt} ms after ready), not at the next 20 s punch`);
+        const pingAt = Date.now();
+        t.ok(await fleet.a1.ping(vip, { count: 3, timeoutS: 2 }), `a1 reaches b2 again (${Date.now() - pingAt} ms)`);
+        const seen = await peerOf(fleet, 'rb');
+        t.match(seen?.route ?? '', /^relay via /, `router B still reaches router A through the RS (${seen?.route})`);
+        t.comment(`dead zone: router A at ${moved.address} behind site f; registered ${readyAt - backAt} ms after coverage came back, tunnel moved ${handover === null ? '-' : handover.at - readyAt} ms later`);
+      },
+      { label: 'ho-deadzone' },
     );
   });
 }

@@ -582,6 +582,20 @@ t.test('NS state file: node keys survive a restart, so nodes reconnect with the 
   t.equal(statSync(statePath).mode & 0o777, 0o600, 'the state file is 0600');
 });
 
+t.test('NS state file that cannot be written: counted and logged, the NS goes on with the key in memory', async (t) => {
+  // The state file's directory is a file: every write fails (as on a full or read-only disk).
+  const blocker = join(mkdtempSync(join(tmp, 'ns-state-')), 'not-a-dir');
+  writeFileSync(blocker, 'x');
+  const ns = await startNs(t, { statePath: join(blocker, 'ns.json') });
+  const dc = await dcSide(t, ns);
+  const k = { keyId: 0x78, key: Buffer.alloc(32, 0x78) };
+  t.equal((await dc.give(k.keyId, k.key, 'rb.fleet1.test')).status, Status.ok, 'the key distribution is answered');
+  t.ok(ns.counters.stateWriteFailed >= 1, `write failures counted (${ns.counters.stateWriteFailed})`);
+  t.strictSame(ns.status().keys.map((x) => x.node), ['rb.fleet1.test'], 'the key is held in memory');
+  const { client } = await nodeClient(t, ns, grantFor(k.keyId, k.key));
+  t.ok(client.connected, 'and the node connects with it');
+});
+
 // ---- Mosquitto as the broker ----------------------------------------------------------------------
 
 t.test('Mosquitto with dynamic security: the same rules, enforced by the broker', { skip: mosquittoMissing() ?? false }, async (t) => {

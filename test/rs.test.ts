@@ -169,6 +169,20 @@ t.test('the last authenticated punch wins: a side that moves takes its traffic w
   t.ok(r.keepalive(A2, 0, T0 + 12));
 });
 
+t.test('the newest punch sent wins: one from another address sent earlier and let go late moves nothing', async (t) => {
+  const r = established();
+  // A punches from A2 (sent at T0 + 20); a punch it sent from A at T0 + 15, held back by the
+  // network, arrives after it.
+  t.same(r.punch(ROUTE, 'a.test', A2, T0 + 21, T0 + 20), { ok: true, moved: true });
+  t.same(r.punch(ROUTE, 'a.test', A, T0 + 22, T0 + 15), { ok: false, reason: 'stale' });
+  t.equal(r.counters.punchDropStale, 1);
+  t.same(fwd(r, SPI_A, B, T0 + 23), A2, 'B → A still goes to A2');
+  // From the address it is at, an older send time only refreshes; a newer one from elsewhere moves.
+  t.same(r.punch(ROUTE, 'a.test', A2, T0 + 24, T0 + 18), { ok: true, moved: false });
+  t.same(r.punch(ROUTE, 'a.test', A, T0 + 25, T0 + 25), { ok: true, moved: true });
+  t.same(fwd(r, SPI_A, B, T0 + 26), A);
+});
+
 t.test('an SPI another route already forwards from the same source is refused: the older route keeps it', async (t) => {
   const r = established();
   // Route 2's node d punches from B's address (a spoofed source), its other node c sits at X and

@@ -3,12 +3,12 @@
 // outside.ts; this file wires them to the devices and owns their batches.
 
 import { KEEPALIVE_DATAGRAM } from '../protocol/demux.js';
-import { ESP_MAX_OVERHEAD } from '../protocol/esp.js';
+import { ESP_MAX_OVERHEAD, NEXT_HEADER_NONE } from '../protocol/esp.js';
 import { EngineCounters } from './counters.js';
 import { Inside } from './inside.js';
 import { PacketBatch, type DatagramSocket, type PacketDevice } from './io.js';
 import { Outside, type ControlHandler, type ForeignEsp } from './outside.js';
-import { type TunnelTable } from './table.js';
+import { type Tunnel, type TunnelTable } from './table.js';
 
 export interface EngineOptions {
   /** Packets per batch each way. */
@@ -19,6 +19,8 @@ export interface EngineOptions {
   /** Milliseconds; tests pass a fake clock. */
   now?: () => number;
 }
+
+const EMPTY = Buffer.alloc(0);
 
 /** The largest inner packet the engine accepts: the TUN MTU bounds it, this bounds the slots. */
 const MAX_INNER = 9000;
@@ -58,6 +60,18 @@ export class Engine {
     for (const t of this.table.tunnels()) {
       if (t.keepaliveSeconds > 0 && t.endpoint !== null) this.socket.sendOne(KEEPALIVE_DATAGRAM as Buffer, t.endpoint);
     }
+  }
+
+  /**
+   * One dummy ESP packet (next header 59, RFC 4303 §2.6) on the tunnel's outbound SA: after a
+   * rekey it shows the peer that we hold the new keys although no data flows. Not on the
+   * packet path: a few per rekey.
+   */
+  sendDummy(t: Tunnel): boolean {
+    if (t.endpoint === null) return false;
+    const out = Buffer.alloc(ESP_MAX_OVERHEAD);
+    const n = t.outbound.seal(EMPTY, 0, 0, NEXT_HEADER_NONE, out, 0);
+    return n > 0 && this.socket.sendOne(out.subarray(0, n), t.endpoint);
   }
 
   stop(): void {

@@ -3,6 +3,7 @@
 // to come from that tunnel's peer VIP, and written to the TUN device as one batch.
 
 import { classifyDatagram, DatagramKind } from '../protocol/demux.js';
+import { EspDrop } from '../protocol/esp.js';
 import { IPV4_SRC_OFFSET, IPV6_SRC_OFFSET, IP_VERSION_4 } from '../protocol/ip.js';
 import { type EngineCounters } from './counters.js';
 import { SOCKADDR_SIZE, type PacketBatch, type PacketDevice } from './io.js';
@@ -74,6 +75,11 @@ export class Outside {
       const sa = tunnel.inboundFor(spi)!;
       const innerLength = sa.open(buf, start, start + length, out.buf, at);
       if (innerLength < 0) {
+        // A dummy packet is authenticated too: after a rekey it shows the peer holds the new keys.
+        if (innerLength === EspDrop.dummy && tunnel.pendingOutbound !== null && sa === tunnel.inbound) {
+          tunnel.outbound = tunnel.pendingOutbound;
+          tunnel.pendingOutbound = null;
+        }
         counters.countEspDrop(innerLength);
         continue;
       }

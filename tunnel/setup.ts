@@ -53,6 +53,10 @@ export interface PeerInfo {
   path: PathState;
   /** Kpath: the tunnel's own control key (path probes), from Kmncn; only the two ends have it. */
   pathKey: Buffer;
+  /** The Kpath of the SAs before a rekey (`tunnel.previousInbound`, and our outbound SA until the switch). */
+  prevPathKey: Buffer | null;
+  /** The send time of the newest path commit taken: an older one, held back and let go later, moves nothing. */
+  lastCommitAt: number;
   /** After failed renewals: no new attempt before this time (exponential backoff). */
   retryAt: number;
   renewFailures: number;
@@ -94,6 +98,8 @@ export interface TunnelManagerOptions {
   moveRetransmit?: RetransmitPolicy;
   /** SPIs in use elsewhere on the same port (the RS's relayed routes): never chosen as ours. */
   spiTaken?: (spi: number) => boolean;
+  /** Sends one dummy ESP packet (RFC 4303 §2.6) to the tunnel's endpoint on its outbound SA (the engine). */
+  sendDummy?: (t: Tunnel) => void;
   log: (line: string) => void;
 }
 
@@ -109,6 +115,8 @@ export class TunnelCounters {
   upgradeFailed = 0;
   pathProbesAnswered = 0;
   peerMoves = 0;
+  /** Path commits older than the one taken (held back on the way): answered, nothing moved. */
+  staleCommits = 0;
   pathUpdates = 0;
   pathUpdatesFailed = 0;
 }
@@ -124,6 +132,7 @@ export class TunnelManager {
   private readonly initiating = new Map<number, Promise<PeerInfo>>();
   private rekeyTimer: NodeJS.Timeout | null = null;
   private readonly renewing = new Set<string>();
+  private stopped = false;
 
   constructor(private readonly o: TunnelManagerOptions) {}
 
@@ -133,6 +142,7 @@ export class TunnelManager {
   }
 
   stop(): void {
+    this.stopped = true;
     if (this.rekeyTimer) clearInterval(this.rekeyTimer);
     for (const w of this.waiting.values()) {
       clearTimeout(w.timer);
@@ -202,12 +212,15 @@ export class TunnelManager {
     // A tunnel that left its relay for a direct path rekeys on that path: the RS may have let
     // the idle route go.
     const current = this.peers.get(route.peerNode);
-    const upgraded = current !== undefined && current.path === 'upgraded' && current.route.routeId === route.routeId && current.tunnel.endpoint !== null;
+    const rekey = current !== undefined && current.route.routeId === route.routeId && current.tunnel.endpoint !== null;
+    const upgraded = rekey && current.path === 'upgraded';
     if (route.path === PathKind.relay && !upgraded) await this.punch(route);
     const eph = generateX25519();
     const spi = this.freshSpi();
     const nonce = randomBytes(32);
-    const to = upgraded ? Buffer.from(current.tunnel.endpoint!) : encodeSockaddr(route.peerEndpoint.address, route.peerEndpoint.port);
+    // A rekey goes to where the peer is now, which is not where the direction said if it moved
+    // since (a path update) or if we left the relay for a direct path.
+    const to = rekey && current.path !== 'relay' ? Buffer.from(current.tunnel.endpoint!) : encodeSockaddr(route.peerEndpoint.address, route.peerEndpoint.port);
     const answer = await this.o.channel.request(
       'tunnelRequest',
       { routeId: route.routeId, node: this.o.nodeName, suite: SUITE_CODES[this.o.suite], spi, ephemeral: eph.publicKey, nonce },
@@ -280,27 +293,46 @@ export class TunnelManager {
       const tunnel = new Tunnel(route.peerNode, null, null, outbound, inbound, Buffer.from(from), 20);
       tunnel.roaming = path === 'direct';
       table.add(tunnel);
-      peer = { tunnel, route, names: new Map(), keyedAt: this.o.now(), rekeys: 0, path, pathKey, retryAt: 0, renewFailures: 0 };
+      peer = { tunnel, route, names: new Map(), keyedAt: this.o.now(), rekeys: 0, path, pathKey, prevPathKey: null, lastCommitAt: 0, retryAt: 0, renewFailures: 0 };
       this.peers.set(route.peerNode, peer);
       this.counters.established++;
       this.o.log(`tunnel to ${route.peerNode} up (${initiator ? 'we initiated' : 'peer initiated'}), endpoint ${fmtSockaddr(from)}${path === 'relay' ? ` (relay ${route.via})` : ''}`);
     } else {
-      table.rekey(peer.tunnel, inbound, outbound, initiator);
+      const sameRoute = peer.route.routeId === route.routeId;
+      const replaced = table.rekey(peer.tunnel, inbound, outbound, initiator);
       // A rekey on the direct path a relayed tunnel moved to keeps that path.
-      const stayDirect = peer.path === 'upgraded' && peer.route.routeId === route.routeId;
-      peer.tunnel.endpoint = Buffer.from(from);
+      const stayDirect = peer.path === 'upgraded' && sameRoute;
+      // The answer to our request is proven by the key confirmation: the peer is where it came
+      // from. A request on the same route proves only Ktun, which the DCs (and an RS) hold too:
+      // it moves nothing; the peer moves its endpoint with a path update, like any move.
+      if (initiator || !sameRoute || peer.tunnel.endpoint === null) peer.tunnel.endpoint = Buffer.from(from);
       if (!stayDirect) peer.path = path;
       peer.tunnel.roaming = peer.path === 'direct';
+      if (!replaced) peer.prevPathKey = peer.pathKey;
       peer.pathKey = pathKey;
       peer.route = route;
       peer.keyedAt = this.o.now();
       peer.rekeys++;
       this.counters.rekeys++;
       const t = peer.tunnel;
-      setTimeout(() => {
-        if (t.previousInbound !== null && t.inbound === inbound) table.retirePrevious(t);
-      }, 30_000).unref();
-      this.o.log(`tunnel to ${route.peerNode} rekeyed (route ${route.routeId})`);
+      const p = peer;
+      // The SAs before the rekey stay until the peer has shown it holds the new keys (ESP or a
+      // dummy packet on the new inbound SA): a Tunnel Request nobody answered with traffic (lost
+      // on the way back, or made by someone holding only Ktun) leaves the working SAs working.
+      const retire = (): void => {
+        if (t.inbound !== inbound || t.previousInbound === null) return;
+        if (t.pendingOutbound !== null) {
+          setTimeout(retire, 30_000).unref();
+          return;
+        }
+        table.retirePrevious(t);
+        p.prevPathKey = null;
+      };
+      setTimeout(retire, 30_000).unref();
+      // Initiator: show the responder we hold the new keys even when no data flows (an idle
+      // tunnel), so that it switches its outbound SA too; a few times, in case one is lost.
+      if (initiator) this.confirmRekey(t, outbound);
+      this.o.log(`tunnel to ${route.peerNode} rekeyed (route ${route.routeId})${replaced ? ', replacing a rekey the peer never used' : ''}`);
     }
     for (const v of route.peerVips4) if (!table.addVip4(peer.tunnel, ipv4ToNumber(v))) this.o.log(`VIP ${v} of ${route.peerNode} is already another tunnel's`);
     for (const v of route.peerVips6) if (!table.addVip6(peer.tunnel, ipv6ToBytes(v))) this.o.log(`VIP ${v} of ${route.peerNode} is already another tunnel's`);
@@ -311,6 +343,25 @@ export class TunnelManager {
       void this.upgrade(p, route).catch((e: Error) => this.o.log(`route ${route.routeId}: direct path: ${e.message}`));
     }
     return peer;
+  }
+
+  /** Dummy ESP packets (RFC 4303 §2.6) on a new outbound SA, now, after 1 s and after 5 s. */
+  private confirmRekey(t: Tunnel, sa: OutboundSa): void {
+    const send = this.o.sendDummy;
+    if (send === undefined) return;
+    const once = (): void => {
+      if (t.outbound === sa && t.endpoint !== null && !this.stopped) send(t);
+    };
+    once();
+    for (const ms of [1000, 5000]) setTimeout(once, ms).unref();
+  }
+
+  /** The key and key ID our path probes go under: our outbound SPI, and the Kpath of its generation. */
+  private probeKey(peer: PeerInfo): { keyClass: number; keyId: number; key: Buffer } {
+    const t = peer.tunnel;
+    // Responder during a rekey: we still send on the SA before it, whose key the peer pairs with it.
+    const key = t.pendingOutbound !== null && peer.prevPathKey !== null ? peer.prevPathKey : peer.pathKey;
+    return { keyClass: KeyClass.path, keyId: t.outbound.spi, key };
   }
 
   /** Hole Punching to the route's RS from our own port: the RS learns our NAT mapping. */
@@ -338,7 +389,7 @@ export class TunnelManager {
    */
   private async upgrade(peer: PeerInfo, route: Route): Promise<void> {
     const candidate = encodeSockaddr(route.peerCandidate!.address, route.peerCandidate!.port);
-    const key = (): { keyClass: number; keyId: number; key: Buffer } => ({ keyClass: KeyClass.path, keyId: peer.tunnel.outbound.spi, key: peer.pathKey });
+    const key = (): { keyClass: number; keyId: number; key: Buffer } => this.probeKey(peer);
     const policy = this.o.probeRetransmit ?? { initialMs: 250, maxMs: 1000, tries: 8 };
     this.counters.upgradeAttempts++;
     let ack: Incoming;
@@ -392,7 +443,7 @@ export class TunnelManager {
     if (peer.tunnel.endpoint === null) return renew(peer.path === 'upgraded');
     const to = Buffer.from(peer.tunnel.endpoint);
     try {
-      await this.o.channel.request('pathProbe', { commit: 1, pad: '' }, { keyClass: KeyClass.path, keyId: peer.tunnel.outbound.spi, key: peer.pathKey }, to, this.o.moveRetransmit ?? { initialMs: 150, maxMs: 400, tries: 5 });
+      await this.o.channel.request('pathProbe', { commit: 1, pad: '' }, this.probeKey(peer), to, this.o.moveRetransmit ?? { initialMs: 150, maxMs: 400, tries: 5 });
       this.counters.pathUpdates++;
       return 'path-update';
     } catch {
@@ -408,17 +459,33 @@ export class TunnelManager {
   pathKey(spi: number): Buffer | undefined {
     // Our inbound SPIs first, over all tunnels: an outbound SPI is chosen by the peer, and one
     // peer must never get its own key chosen for an ID that names another peer's tunnel.
-    for (const p of this.peers.values()) if (p.tunnel.inboundFor(spi) !== null) return p.pathKey;
-    for (const p of this.peers.values()) if (p.tunnel.outbound.spi === spi || p.tunnel.pendingOutbound?.spi === spi) return p.pathKey;
+    for (const p of this.peers.values()) {
+      const t = p.tunnel;
+      if (t.inbound.spi === spi) return p.pathKey;
+      if (t.previousInbound?.spi === spi) return p.prevPathKey ?? undefined;
+    }
+    for (const p of this.peers.values()) {
+      const t = p.tunnel;
+      if (t.pendingOutbound?.spi === spi) return p.pathKey;
+      if (t.outbound.spi === spi) return this.probeKey(p).key;
+    }
     return undefined;
   }
 
   /** A path probe (authenticated under Kpath by the channel): answer it; a commit moves the tunnel. */
   onPathProbe(m: Incoming, b: Body<'pathProbe'>): void {
     // The tunnel whose inbound SPI the key ID names, and whose own key opened the message.
-    const peer = [...this.peers.values()].find((p) => p.tunnel.inboundFor(m.key.keyId) !== null && p.pathKey.equals(m.key.key));
+    const peer = [...this.peers.values()].find((p) => p.tunnel.inboundFor(m.key.keyId) !== null && (p.pathKey.equals(m.key.key) || p.prevPathKey?.equals(m.key.key) === true));
     if (peer === undefined) return;
+    if (b.commit === 1 && m.envelope.timestamp < peer.lastCommitAt) {
+      // Sent before the commit we took: held back somewhere and let go late. The tunnel stays
+      // where the newer commit put it, and no answer tells the sender it moved anything (a
+      // sender whose clock stepped back gets no answer and asks for a new direction).
+      this.counters.staleCommits++;
+      return;
+    }
     if (b.commit === 1) {
+      peer.lastCommitAt = m.envelope.timestamp;
       // The peer proves with the tunnel's own key that it is now at m.from: it left the relay
       // for a direct path, or it moved (MOBIKE-like path update: same SAs, new outer address).
       const moved = peer.tunnel.endpoint === null || !peer.tunnel.endpoint.equals(m.from);

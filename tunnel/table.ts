@@ -122,18 +122,26 @@ export class TunnelTable {
   /**
    * Installs a rekeyed inbound SA: the current one becomes the previous (still accepted), the one
    * before it is forgotten. The outbound SA is switched now (initiator) or held as pending until
-   * the peer is seen using the new keys (responder), so no packet in flight is lost.
+   * the peer is seen using the new keys (responder), so no packet in flight is lost. Returns
+   * true when it replaced an unconfirmed rekey instead of demoting the current SA.
    */
-  rekey(t: Tunnel, inbound: InboundSa, outbound: OutboundSa, switchOutboundNow: boolean): void {
+  rekey(t: Tunnel, inbound: InboundSa, outbound: OutboundSa, switchOutboundNow: boolean): boolean {
     if (this.bySpi.has(inbound.spi)) throw new TunnelTableError(`${t.name}: inbound SPI ${inbound.spi} is already in use`);
-    if (t.previousInbound) this.bySpi.delete(t.previousInbound.spi);
-    t.previousInbound = t.inbound;
+    // Responder: the last rekey was never used by the peer (its answer lost, or a request from
+    // someone with Ktun only): replace that one, and keep the SA before it, which still works.
+    const replace = !switchOutboundNow && t.pendingOutbound !== null && t.previousInbound !== null;
+    if (replace) this.bySpi.delete(t.inbound.spi);
+    else {
+      if (t.previousInbound) this.bySpi.delete(t.previousInbound.spi);
+      t.previousInbound = t.inbound;
+    }
     t.inbound = inbound;
     this.bySpi.set(inbound.spi, t);
     if (switchOutboundNow) {
       t.outbound = outbound;
       t.pendingOutbound = null;
     } else t.pendingOutbound = outbound;
+    return replace;
   }
 
   /** Forgets a rekeyed tunnel's previous inbound SA (after its grace period). */

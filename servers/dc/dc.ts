@@ -206,7 +206,8 @@ export class DirectionCoordinator {
     return {
       zone: this.config.zone,
       registrations: this.registry.all().map((r) => ({ name: r.name, ...this.registry.vips(r.name), observed: r.observed, local: r.local, mqtt: this.registry.grant(r.keyId) !== undefined })),
-      counters: { ...this.counters, relayContacts: this.relays.contacts, nsContacts: this.ns?.contacts ?? 0 },
+      counters: { ...this.counters, relayContacts: this.relays.contacts, nsContacts: this.ns?.contacts ?? 0, stateWriteFailed: this.registry.stateWriteFailed },
+      stateError: this.registry.lastStateError,
       relays: this.relays.status(),
       ns: this.ns?.status() ?? null,
       grants: this.registry.allGrants().map((g) => ({ node: g.node, keyId: g.keyId, expiresAt: g.expiresAt, keepaliveSeconds: g.keepaliveSeconds })),

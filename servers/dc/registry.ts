@@ -4,11 +4,11 @@
 // (temporary file, fsync, rename) with mode 0600 after every change that must survive a restart;
 // keepalive times stay in memory (a restart counts as fresh contact).
 
-import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, statSync, writeSync } from 'node:fs';
-import { dirname } from 'node:path';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { ipv6BytesToText, ipv6ToBytes, numberToIpv4 } from '../../protocol/ip.js';
 import { type WireEndpoint } from '../../protocol/control.js';
+import { writeStateFile } from '../state-file.js';
 
 export interface NodeKey {
   keyId: number;
@@ -76,6 +76,9 @@ export class Registry {
   private readonly vipIndex = new Map<string, number>();
   private readonly grants = new Map<number, NotifyGrant>();
   private nextIndex = 1;
+  /** Writes of the state file that failed (the DC's status shows them, and the last error). */
+  stateWriteFailed = 0;
+  lastStateError: string | null = null;
   private readonly v4Base: number;
   private readonly v4Size: number;
   private readonly v6Prefix: Buffer;
@@ -233,16 +236,13 @@ export class Registry {
       registrations: [...this.registrations.values()].map((g) => ({ name: g.name, keyId: g.keyId, observed: g.observed, local: g.local, publicKey: g.publicKey.toString('base64') })),
       grants: [...this.grants.values()].map((g) => ({ ...g, key: g.key.toString('base64') })),
     };
-    mkdirSync(dirname(this.path), { recursive: true, mode: 0o700 });
-    const tmp = `${this.path}.tmp`;
-    const fd = openSync(tmp, 'w', 0o600);
     try {
-      writeSync(fd, JSON.stringify(s));
-      fsyncSync(fd);
-    } finally {
-      closeSync(fd);
+      writeStateFile(this.path, JSON.stringify(s));
+    } catch (e) {
+      // A full or read-only disk: the DC goes on from memory (a restart then loses what changed).
+      this.stateWriteFailed++;
+      this.lastStateError = (e as Error).message;
     }
-    renameSync(tmp, this.path);
   }
 }
 

@@ -10,8 +10,7 @@
 // in with credentials derived from its Kntmns and lets it subscribe to its own topic only.
 
 import { createSocket, type Socket } from 'node:dgram';
-import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, statSync, writeSync } from 'node:fs';
-import { dirname } from 'node:path';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { X509Certificate } from 'node:crypto';
 import { createServer as createTlsServer, type Server as TlsServer, type TLSSocket } from 'node:tls';
 import { ControlChannel, type Incoming } from '../../protocol/channel.js';
@@ -23,6 +22,7 @@ import { mqttPassword, mqttUsername, notifyTopic, sealNotification } from '../..
 import { peerIdentity } from '../identity.js';
 import { tlsContextOptions, writeMessage, type TlsFiles } from '../tls.js';
 import { EmbeddedBroker, ExternalBroker, type Broker } from './broker.js';
+import { writeStateFile } from '../state-file.js';
 
 export type BrokerConfig =
   | { type: 'embedded'; address: string; port: number; publicUrl: string; maxKeepaliveSeconds: number }
@@ -52,6 +52,8 @@ export class NsCounters {
   /** Keys refused: a node outside the DC's zones, a key ID another DC's node holds, the key limit. */
   keyDistributionsRefused = 0;
   keysExpired = 0;
+  /** Writes of the key state file that failed (full disk, permissions): the keys stay in memory. */
+  stateWriteFailed = 0;
   notifications = 0;
   /** Notifications for a node with no live key here (answered notRegistered: the DC hands the key again). */
   notifyUnknownNode = 0;
@@ -385,20 +387,17 @@ export class NotificationServer {
   }
 
   /** Written atomically (temporary file, fsync, rename), mode 0600, after every change. */
+  /** Writes the keys to the state file; a failed write is logged and counted, never thrown. */
   private save(): void {
     const path = this.config.statePath;
     if (path === null) return;
     const s = { version: 1, keys: [...this.nodeKeys.values()].map((k) => ({ ...k, key: k.key.toString('base64') })) };
-    mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
-    const tmp = `${path}.tmp`;
-    const fd = openSync(tmp, 'w', 0o600);
     try {
-      writeSync(fd, JSON.stringify(s));
-      fsyncSync(fd);
-    } finally {
-      closeSync(fd);
+      writeStateFile(path, JSON.stringify(s));
+    } catch (e) {
+      this.counters.stateWriteFailed++;
+      this.log(`state file ${path}: ${(e as Error).message} (the keys stay in memory; a restart loses them)`);
     }
-    renameSync(tmp, path);
   }
 }
 

@@ -68,6 +68,8 @@ export class RelayCounters {
   punchDropForeignNode = 0;
   /** The address is the other side's endpoint: forwarding there would loop. */
   punchDropConflict = 0;
+  /** Hole punches from a new endpoint sent before the newest one taken (held back on the way). */
+  punchDropStale = 0;
   /** Answer (Hole Punching Ack) would be longer than the request: no amplification. */
   punchDropTooShort = 0;
   controlForwarded = 0;
@@ -148,6 +150,8 @@ export class RelaySide {
   endpoint: Buffer | null = null;
   punches = 0;
   lastPunch = 0;
+  /** The send time (control envelope) of the newest punch taken from this side. */
+  lastPunchSentAt = 0;
   /** Datagrams and bytes received from this side and forwarded. */
   packets = 0;
   bytes = 0;
@@ -200,7 +204,7 @@ export type Verdict = { ok: true } | { ok: false; status: StatusCode; reason: st
 /** addRoute's answer: `created` is false for the same direction again (acknowledged, nothing new). */
 export type AddRouteVerdict = { ok: true; created: boolean } | { ok: false; status: StatusCode; reason: string };
 
-export type PunchResult = { ok: true; moved: boolean } | { ok: false; reason: 'unknownRoute' | 'foreignNode' | 'conflict' };
+export type PunchResult = { ok: true; moved: boolean } | { ok: false; reason: 'unknownRoute' | 'foreignNode' | 'conflict' | 'stale' };
 
 export interface RelayDirection {
   routeId: number;
@@ -310,10 +314,12 @@ export class Relay {
 
   /**
    * An authenticated Hole Punching: `node`'s side of the route is now where it came from. The
-   * last one to arrive wins (the node punches again when its NAT mapping may have changed);
-   * replays never get here (the control channel's message-ID and timestamp checks).
+   * newest one sent wins (the node punches again when its NAT mapping may have changed): a
+   * punch from another endpoint sent before the one taken (`sentAt`, held back on the way and
+   * let go late) moves nothing; replays never get here (the control channel's message-ID and
+   * timestamp checks).
    */
-  punch(routeId: number, node: string, from: Buffer, now: number): PunchResult {
+  punch(routeId: number, node: string, from: Buffer, now: number, sentAt = now): PunchResult {
     const c = this.counters;
     const route = this.route(routeId, now);
     if (route === undefined) {
@@ -331,6 +337,10 @@ export class Relay {
     }
     let moved = false;
     if (!sameEndpoint(side.endpoint, from, 0)) {
+      if (side.endpoint !== null && sentAt < side.lastPunchSentAt) {
+        c.punchDropStale++;
+        return { ok: false, reason: 'stale' };
+      }
       moved = side.endpoint !== null;
       if (moved) c.punchEndpointMoves++;
       this.unindex(side);
@@ -341,6 +351,7 @@ export class Relay {
     }
     side.punches++;
     side.lastPunch = now;
+    if (sentAt > side.lastPunchSentAt) side.lastPunchSentAt = sentAt;
     route.lastActivity = now;
     c.punches++;
     return { ok: true, moved };

@@ -582,7 +582,7 @@ export class RelayServer {
       c.punchDropTooShort++;
       return;
     }
-    const r = this.relay.punch(b.routeId, b.node, m.from, this.now());
+    const r = this.relay.punch(b.routeId, b.node, m.from, this.now(), m.envelope.timestamp);
     if (!r.ok) {
       if (this.config.verbose) this.trace(`route ${b.routeId}: hole punch from ${b.node} at ${formatEndpoint(m.from)} refused: ${r.reason}`);
       return;
