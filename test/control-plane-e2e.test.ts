@@ -86,6 +86,18 @@ t.test('rekeying every 3 s loses no packet', async (t) => {
       const peers = (await fleet.ra.api('peers')) as { node: string; rekeys: number }[];
       const rekeys = peers.find((p) => p.node === NAMES.rb)?.rekeys ?? 0;
       t.ok(rekeys >= 2, `the tunnel was rekeyed during the run (${rekeys} times)`);
+
+      // Idle: router A (the initiator) rekeys with no data flowing. Its dummy packets show
+      // router B the new keys, so B switches too: what B sends first after the idle time is on
+      // keys A still holds (A forgets each SA two rekeys later).
+      await new Promise((r) => setTimeout(r, 10_000));
+      const idle = ((await fleet.ra.api('peers')) as { node: string; rekeys: number }[]).find((p) => p.node === NAMES.rb)?.rekeys ?? 0;
+      t.ok(idle >= rekeys + 2, `rekeyed ${idle - rekeys} times while idle`);
+      const vipOf = async (w: 'ra' | 'rb') => ((await fleet[w].api('status')) as { registered: { name: string; vip4: string }[] }).registered.find((x) => x.name === fleet[w].name)!.vip4;
+      const [vipA, vipB] = [await vipOf('ra'), await vipOf('rb')];
+      const back = await fleet.rb.host.exec('ping', ['-n', '-q', '-c', '3', '-i', '0.2', '-W', '2', '-I', vipB, vipA], { allowFail: true, timeoutMs: 15_000 });
+      const mb = /(\d+) packets transmitted, (\d+) received/.exec(back.stdout);
+      t.equal(Number(mb?.[2] ?? 0), 3, `router B → router A's VIP after the idle rekeys: ${mb?.[2] ?? 0}/3 answered`);
     },
     { label: 'cp-rekey' },
   );

@@ -320,7 +320,7 @@ export class TunnelManager {
       // dummy packet on the new inbound SA): a Tunnel Request nobody answered with traffic (lost
       // on the way back, or made by someone holding only Ktun) leaves the working SAs working.
       const retire = (): void => {
-        if (t.inbound !== inbound || t.previousInbound === null) return;
+        if (this.stopped || this.peers.get(route.peerNode)?.tunnel !== t || t.inbound !== inbound || t.previousInbound === null) return;
         if (t.pendingOutbound !== null) {
           setTimeout(retire, 30_000).unref();
           return;
