@@ -80,9 +80,23 @@ interface Move {
   rebinding: boolean;
 }
 
-/** After a handover some tunnel could not be moved: try those again after 5 s, 10 s, … at most every 60 s. */
+/**
+ * After a handover some tunnel could not be moved: try those again after 5 s, 10 s, … at most
+ * every 60 s, 8 times (about 5 minutes); after that a name of the peer resolved again asks
+ * for a new direction anyway.
+ */
 const MOVE_RETRY_FIRST_MS = 5000;
 const MOVE_RETRY_MAX_MS = 60_000;
+const MOVE_RETRY_TRIES = 8;
+
+/**
+ * Two moves noticed before the first was handled: one handover from where we were to where we
+ * are. A new address outranks a new NAT mapping (it also reconnects MQTT).
+ */
+function mergeMoves(queued: Move | null, next: Move): Move {
+  if (queued === null) return next;
+  return { ...next, from: queued.from, rebinding: queued.rebinding && next.rebinding };
+}
 
 export class RouterDaemon {
   readonly counters = new DaemonCounters();
@@ -116,7 +130,7 @@ export class RouterDaemon {
   /** A move noticed while we were not registered: handled as soon as we are again. */
   private missedMove: Move | null = null;
   private uplinkStarted = false;
-  private moveRetry: { timer: NodeJS.Timeout; waitMs: number } | null = null;
+  private moveRetry: { timer: NodeJS.Timeout; waitMs: number; tries: number } | null = null;
   private lastHandover: HandoverReport | null = null;
   /** Where the DC last saw us (registration or keepalive answer): a change is a NAT rebinding. */
   private observedByDc: WireEndpoint | null = null;
@@ -241,6 +255,7 @@ export class RouterDaemon {
         const missed = this.missedMove;
         this.missedMove = null;
         if (missed !== null && this.tunnels.peers.size > 0) this.handover(missed);
+        else if (missed !== null && !missed.rebinding) this.notify?.reconnect(); // the MQTT session died with the old address
         return;
       } catch (e) {
         this.lastError = (e as Error).message;
@@ -420,14 +435,18 @@ export class RouterDaemon {
   private handover(move: Move): void {
     if (this.stopped) return;
     if (this.state !== 'ready') {
-      // connect() registers from wherever we are; it moves the tunnels after that. A local
-      // change outranks a rebinding seen before it.
-      if (this.missedMove === null || !move.rebinding) this.missedMove = { ...move, from: this.missedMove?.from ?? move.from };
+      // connect() registers from wherever we are; it moves the tunnels after that.
+      this.missedMove = mergeMoves(this.missedMove, move);
       return;
     }
     if (this.handingOver !== null) {
-      this.pendingHandover = move;
+      this.pendingHandover = mergeMoves(this.pendingHandover, move);
       return;
+    }
+    // This handover moves every tunnel: a retry waiting for its turn is not needed any more.
+    if (this.moveRetry !== null) {
+      clearTimeout(this.moveRetry.timer);
+      this.moveRetry = null;
     }
     this.handingOver = this.runHandover(move)
       .catch((e: Error) => this.log(`handover: ${e.message}`))
@@ -464,7 +483,7 @@ export class RouterDaemon {
     if (!rebinding) this.notify?.reconnect();
     this.lastHandover = { at, reason, from, to, ms: Date.now() - at, registered, tunnels: results };
     this.log(`handover done in ${this.lastHandover.ms} ms: ${results.map((r) => `${r.node} ${r.result}`).join(', ') || 'no tunnels'}`);
-    this.retryFailedMoves(results, MOVE_RETRY_FIRST_MS);
+    this.retryFailedMoves(results, MOVE_RETRY_FIRST_MS, 0);
   }
 
   /**
@@ -472,15 +491,19 @@ export class RouterDaemon {
    * yet: the peer offline, the DC not reachable yet) are tried again with backoff while they
    * exist; a newer handover takes over.
    */
-  private retryFailedMoves(results: { node: string; result: PathUpdateResult }[], waitMs: number): void {
+  private retryFailedMoves(results: { node: string; result: PathUpdateResult }[], waitMs: number, tries: number): void {
     if (this.moveRetry !== null) clearTimeout(this.moveRetry.timer);
     this.moveRetry = null;
     const failed = results.filter((r) => r.result === 'failed').map((r) => r.node);
     if (failed.length === 0 || this.stopped) return;
+    if (tries >= MOVE_RETRY_TRIES) {
+      this.log(`handover retry: giving up on ${failed.join(', ')} after ${tries} tries (a new lookup of the peer asks for a new direction)`);
+      return;
+    }
     const timer = setTimeout(() => {
       this.moveRetry = null;
       if (this.stopped) return;
-      if (this.state !== 'ready' || this.handingOver !== null) return this.retryFailedMoves(results, waitMs);
+      if (this.state !== 'ready' || this.handingOver !== null) return this.retryFailedMoves(results, waitMs, tries);
       const peers = failed.map((n) => this.tunnels.peers.get(n)).filter((p) => p !== undefined);
       if (peers.length === 0) return;
       this.handingOver = Promise.all(peers.map(async (p) => ({ node: p.route.peerNode, result: await this.tunnels.updatePath(p, Promise.resolve()) })))
@@ -492,7 +515,7 @@ export class RouterDaemon {
               if (t !== undefined) t.result = r.result;
             }
           }
-          this.retryFailedMoves(again, Math.min(waitMs * 2, MOVE_RETRY_MAX_MS));
+          this.retryFailedMoves(again, Math.min(waitMs * 2, MOVE_RETRY_MAX_MS), tries + 1);
         })
         .catch((e: Error) => this.log(`handover retry: ${e.message}`))
         .finally(() => {
@@ -503,7 +526,7 @@ export class RouterDaemon {
         });
     }, waitMs);
     timer.unref();
-    this.moveRetry = { timer, waitMs };
+    this.moveRetry = { timer, waitMs, tries };
   }
 
   // ---- control messages that are not answers -------------------------------------------------

@@ -222,3 +222,31 @@ t.test('a path commit sent before the one taken moves nothing and is not answere
   t.equal(p.nodes.b.tunnels.counters.staleCommits, 1, 'dropped as stale');
   t.equal(p.nodes.b.channel.counters.dropDuplicate, dup0 + 1, 'its retransmission is a duplicate, not answered either');
 });
+
+t.test('two routes to one peer at once (two names resolved together): one Tunnel Request at a time, traffic flows both ways after', async (t) => {
+  const p = pair();
+  t.teardown(p.stop);
+  await up(p);
+  const second = { ...p.direction('a'), routeId: ROUTE_ID + 1, ktun: randomBytes(32), ktmp: randomBytes(32) };
+  const secondB = { ...p.direction('b'), routeId: ROUTE_ID + 1, ktun: second.ktun, ktmp: second.ktmp };
+  // A rekey on the first route and the setup of the second start together.
+  const rb = p.nodes.b.tunnels.onRouteDirection(secondB, 2000);
+  const a = p.nodes.a.tunnels;
+  const first = a.initiate(a.peers.get(p.nodes.b.name)!.route);
+  const other = a.onRouteDirection(second, 2000);
+  t.equal(a.peers.get(p.nodes.b.name)!.rekeys, 0, 'the second waits for the first');
+  await Promise.all([first, other, rb]);
+  const pa = a.peers.get(p.nodes.b.name)!;
+  const pb = p.nodes.b.tunnels.peers.get(p.nodes.a.name)!;
+  t.equal(pa.rekeys, 2, 'both requests ran, one after the other');
+  t.equal(pa.route.routeId, ROUTE_ID + 1, 'the later route is the one in use');
+  p.esp('a');
+  t.equal(pb.tunnel.pendingOutbound, null, "A's dummy packets switched B to the newest SA");
+  p.nodes.a.dev.inject([ipPacket(VIP_A, VIP_B, 17, Buffer.alloc(40, 4))]);
+  p.esp('a');
+  t.equal(p.nodes.b.dev.written.length, 1, 'A → B');
+  p.nodes.b.dev.inject([ipPacket(VIP_B, VIP_A, 17, Buffer.alloc(40, 5))]);
+  p.esp('b');
+  t.equal(p.nodes.a.dev.written.length, 1, 'B → A');
+  t.equal(pb.tunnel.outbound.spi, pa.tunnel.inbound.spi, 'B sends on the SA A holds as current');
+});

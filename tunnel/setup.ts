@@ -55,6 +55,8 @@ export interface PeerInfo {
   pathKey: Buffer;
   /** The Kpath of the SAs before a rekey (`tunnel.previousInbound`, and our outbound SA until the switch). */
   prevPathKey: Buffer | null;
+  /** Our outbound SPI before the rekey: answers to probes sent under it come back under it. */
+  prevOutboundSpi: number | null;
   /** The send time of the newest path commit taken: an older one, held back and let go later, moves nothing. */
   lastCommitAt: number;
   /** After failed renewals: no new attempt before this time (exponential backoff). */
@@ -115,7 +117,7 @@ export class TunnelCounters {
   upgradeFailed = 0;
   pathProbesAnswered = 0;
   peerMoves = 0;
-  /** Path commits older than the one taken (held back on the way): answered, nothing moved. */
+  /** Path commits older than the one taken (held back on the way): dropped, not answered, nothing moved. */
   staleCommits = 0;
   pathUpdates = 0;
   pathUpdatesFailed = 0;
@@ -130,6 +132,8 @@ export class TunnelManager {
   readonly peers = new Map<string, PeerInfo>();
   private readonly waiting = new Map<number, { resolve: (p: PeerInfo) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }>();
   private readonly initiating = new Map<number, Promise<PeerInfo>>();
+  /** The newest initiation per peer node: the next one waits for it. */
+  private readonly initiatingPeer = new Map<string, Promise<PeerInfo>>();
   private rekeyTimer: NodeJS.Timeout | null = null;
   private readonly renewing = new Set<string>();
   private stopped = false;
@@ -201,8 +205,18 @@ export class TunnelManager {
   initiate(route: Route): Promise<PeerInfo> {
     let p = this.initiating.get(route.routeId);
     if (p === undefined) {
-      p = this.runInitiate(route).finally(() => this.initiating.delete(route.routeId));
+      // One Tunnel Request at a time per peer (two routes to it can come at once: two of its
+      // names resolved together): answers installed out of order would leave each end on SAs
+      // the other has already let go.
+      const before = this.initiatingPeer.get(route.peerNode);
+      const run = before === undefined ? this.runInitiate(route) : before.then(() => this.runInitiate(route), () => this.runInitiate(route));
+      const mine: Promise<PeerInfo> = run.finally(() => {
+        this.initiating.delete(route.routeId);
+        if (this.initiatingPeer.get(route.peerNode) === mine) this.initiatingPeer.delete(route.peerNode);
+      });
+      p = mine;
       this.initiating.set(route.routeId, p);
+      this.initiatingPeer.set(route.peerNode, p);
     }
     return p;
   }
@@ -293,13 +307,16 @@ export class TunnelManager {
       const tunnel = new Tunnel(route.peerNode, null, null, outbound, inbound, Buffer.from(from), 20);
       tunnel.roaming = path === 'direct';
       table.add(tunnel);
-      peer = { tunnel, route, names: new Map(), keyedAt: this.o.now(), rekeys: 0, path, pathKey, prevPathKey: null, lastCommitAt: 0, retryAt: 0, renewFailures: 0 };
+      peer = { tunnel, route, names: new Map(), keyedAt: this.o.now(), rekeys: 0, path, pathKey, prevPathKey: null, prevOutboundSpi: null, lastCommitAt: 0, retryAt: 0, renewFailures: 0 };
       this.peers.set(route.peerNode, peer);
       this.counters.established++;
       this.o.log(`tunnel to ${route.peerNode} up (${initiator ? 'we initiated' : 'peer initiated'}), endpoint ${fmtSockaddr(from)}${path === 'relay' ? ` (relay ${route.via})` : ''}`);
     } else {
       const sameRoute = peer.route.routeId === route.routeId;
-      const replaced = table.rekey(peer.tunnel, inbound, outbound, initiator);
+      const outboundBefore = peer.tunnel.outbound.spi;
+      // Only a rekey on the same route may replace an unused one: two routes to one peer can be
+      // set up at the same time (two names resolved at once), and both are real.
+      const replaced = table.rekey(peer.tunnel, inbound, outbound, initiator, sameRoute);
       // A rekey on the direct path a relayed tunnel moved to keeps that path.
       const stayDirect = peer.path === 'upgraded' && sameRoute;
       // The answer to our request is proven by the key confirmation: the peer is where it came
@@ -308,7 +325,10 @@ export class TunnelManager {
       if (initiator || !sameRoute || peer.tunnel.endpoint === null) peer.tunnel.endpoint = Buffer.from(from);
       if (!stayDirect) peer.path = path;
       peer.tunnel.roaming = peer.path === 'direct';
-      if (!replaced) peer.prevPathKey = peer.pathKey;
+      if (!replaced) {
+        peer.prevPathKey = peer.pathKey;
+        peer.prevOutboundSpi = outboundBefore;
+      }
       peer.pathKey = pathKey;
       peer.route = route;
       peer.keyedAt = this.o.now();
@@ -318,15 +338,18 @@ export class TunnelManager {
       const p = peer;
       // The SAs before the rekey stay until the peer has shown it holds the new keys (ESP or a
       // dummy packet on the new inbound SA): a Tunnel Request nobody answered with traffic (lost
-      // on the way back, or made by someone holding only Ktun) leaves the working SAs working.
+      // on the way back, or made by someone holding only Ktun) leaves the working SAs working,
+      // and an initiator whose dummy packets were all lost still accepts what the responder
+      // sends on the old SA.
       const retire = (): void => {
         if (this.stopped || this.peers.get(route.peerNode)?.tunnel !== t || t.inbound !== inbound || t.previousInbound === null) return;
-        if (t.pendingOutbound !== null) {
+        if (t.pendingOutbound !== null || inbound.highestSeq === 0) {
           setTimeout(retire, 30_000).unref();
           return;
         }
         table.retirePrevious(t);
         p.prevPathKey = null;
+        p.prevOutboundSpi = null;
       };
       setTimeout(retire, 30_000).unref();
       // Initiator: show the responder we hold the new keys even when no data flows (an idle
@@ -468,6 +491,7 @@ export class TunnelManager {
       const t = p.tunnel;
       if (t.pendingOutbound?.spi === spi) return p.pathKey;
       if (t.outbound.spi === spi) return this.probeKey(p).key;
+      if (p.prevOutboundSpi === spi && p.prevPathKey !== null) return p.prevPathKey;
     }
     return undefined;
   }

@@ -125,11 +125,11 @@ export class TunnelTable {
    * the peer is seen using the new keys (responder), so no packet in flight is lost. Returns
    * true when it replaced an unconfirmed rekey instead of demoting the current SA.
    */
-  rekey(t: Tunnel, inbound: InboundSa, outbound: OutboundSa, switchOutboundNow: boolean): boolean {
+  rekey(t: Tunnel, inbound: InboundSa, outbound: OutboundSa, switchOutboundNow: boolean, mayReplace = true): boolean {
     if (this.bySpi.has(inbound.spi)) throw new TunnelTableError(`${t.name}: inbound SPI ${inbound.spi} is already in use`);
     // Responder: the last rekey was never used by the peer (its answer lost, or a request from
     // someone with Ktun only): replace that one, and keep the SA before it, which still works.
-    const replace = !switchOutboundNow && t.pendingOutbound !== null && t.previousInbound !== null;
+    const replace = mayReplace && !switchOutboundNow && t.pendingOutbound !== null && t.previousInbound !== null;
     if (replace) this.bySpi.delete(t.inbound.spi);
     else {
       if (t.previousInbound) this.bySpi.delete(t.previousInbound.spi);
