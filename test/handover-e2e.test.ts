@@ -207,12 +207,13 @@ if (wanted === null || wanted.includes(DEAD_ZONE)) {
         }
         t.ok(readyAt > 0, `router A registered again ${readyAt - backAt} ms after coverage came back`);
         t.ok(handover !== null && handover.tunnels.every((x) => x.result !== 'failed'), `router A moved its tunnel after registering (${handover?.reason ?? 'no handover reported'}: ${handover?.tunnels.map((x) => `${x.node} ${x.result}`).join(', ') ?? '-'})`);
-        t.ok(handover !== null && handover.at - readyAt < 3000, `the move followed the registration at once (${handover === null ? '-' : handover.at - readyAt} ms after ready), not at the next 20 s punch`);
+        // (readyAt is when this loop first saw the state; the daemon's handover starts the moment it is ready.)
+        t.ok(handover !== null && handover.at - readyAt < 3000, `the move followed the registration at once (began ${handover === null ? '-' : handover.at - backAt} ms after coverage came back, ready seen at ${readyAt - backAt} ms), not at the next 20 s punch`);
         const pingAt = Date.now();
         t.ok(await fleet.a1.ping(vip, { count: 3, timeoutS: 2 }), `a1 reaches b2 again (${Date.now() - pingAt} ms)`);
         const seen = await peerOf(fleet, 'rb');
         t.match(seen?.route ?? '', /^relay via /, `router B still reaches router A through the RS (${seen?.route})`);
-        t.comment(`dead zone: router A at ${moved.address} behind site f; registered ${readyAt - backAt} ms after coverage came back, tunnel moved ${handover === null ? '-' : handover.at - readyAt} ms later`);
+        t.comment(`dead zone: router A at ${moved.address} behind site f; after coverage came back: registered by ${readyAt - backAt} ms, tunnel move began at ${handover === null ? '-' : handover.at - backAt} ms and took ${handover?.ms ?? '-'} ms`);
       },
       { label: 'ho-deadzone' },
     );
