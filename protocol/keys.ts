@@ -151,6 +151,8 @@ export function randomId32(): number {
 
 /** Kdcrs from first contact lives this long at both ends (the DC makes first contact again after it). */
 export const KDCRS_LIFETIME_MS = 3600_000;
+/** Kdcns from first contact (DC ↔ NS) lives this long; the DC makes first contact again after it. */
+export const KDCNS_LIFETIME_MS = 3600_000;
 
 /** Kdcdc (or Kdcrs, Kdcns) and its key ID from a mutually authenticated TLS session (RFC 5705 exporter). */
 export function exportServerKey(socket: TLSSocket, label: 'kdcdc' | 'kdcrs' | 'kdcns'): { keyId: number; key: Buffer } {

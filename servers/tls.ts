@@ -1,11 +1,13 @@
-// Mutually authenticated TLS between servers (AS → DC Key Distribution, DC ↔ DC and DC ↔ RS
-// first contact): certificates from the operator's CA on both sides, TLS 1.3, and a stream of
+// Mutually authenticated TLS between servers (AS → DC Key Distribution, DC ↔ DC, DC → RS and
+// DC → NS first contact): certificates from the operator's CA on both sides, TLS 1.3, and a stream of
 // control messages of key class "tls" (protocol/control.ts), each behind a 2-byte length.
 
 import { readFileSync } from 'node:fs';
 import * as tls from 'node:tls';
 import { decodeTlsMessage, encodeTlsMessage, type Body, type ControlMessage, type MessageName } from '../protocol/control.js';
 import { newMessageId } from '../protocol/channel.js';
+import { exportServerKey } from '../protocol/keys.js';
+import { peerIdentity } from './identity.js';
 
 export interface TlsFiles {
   caFile: string;
@@ -103,4 +105,40 @@ export function tlsRequest<N extends MessageName>(socket: tls.TLSSocket, type: N
   const answer = readMessage(socket, timeoutMs, type);
   writeMessage(socket, type, body);
   return answer;
+}
+
+/** What a DC's first contact with an RS or an NS says, by the role the DC expects. */
+const FIRST_CONTACT = {
+  rs: { keyLabel: 'kdcrs', hello: 'relayHello', text: 'Relay Hello' },
+  ns: { keyLabel: 'kdcns', hello: 'nsHello', text: 'NS Hello' },
+} as const;
+
+/**
+ * A DC's first contact with an RS or an NS: mutual TLS to its TLS port; its certificate must
+ * carry the role (the OU: a DC's or the AS's certificate cannot pass for it) and name `name`
+ * (TLS has already checked the chain and the server name); both ends take the key and its ID
+ * from the TLS exporter; the server writes one hello naming itself, and the DC closes.
+ */
+export async function firstContact<R extends keyof typeof FIRST_CONTACT>(
+  files: TlsFiles,
+  role: R,
+  server: { name: string; address: string; tlsPort: number },
+  timeoutMs: number,
+): Promise<{ keyId: number; key: Buffer; hello: Body<(typeof FIRST_CONTACT)[R]['hello']> }> {
+  const what = FIRST_CONTACT[role];
+  const socket = await connectMutualTls(files, server.address, server.tlsPort, server.name, timeoutMs);
+  try {
+    const id = peerIdentity(socket.getPeerCertificate());
+    if (id.role !== role) throw new Error(`certificate role ${id.role ?? 'none'}, want ${role}`);
+    if (!id.dnsNames.includes(server.name)) throw new Error(`certificate does not name ${server.name}`);
+    const k = exportServerKey(socket, what.keyLabel);
+    const hello = await readMessage(socket, timeoutMs, what.text);
+    if (hello.type !== what.hello) throw new Error(`sent ${hello.type}, want ${what.hello}`);
+    // Both hellos begin with the server's name.
+    const named = (hello.body as { name: string }).name;
+    if (named !== server.name) throw new Error(`${what.text} names ${named}, want ${server.name}`);
+    return { ...k, hello: hello.body as Body<(typeof FIRST_CONTACT)[R]['hello']> };
+  } finally {
+    socket.destroy();
+  }
 }

@@ -6,11 +6,8 @@
 // Distribution and Notification over UDP under Kdcns. Only the DC makes first contact.
 
 import { type WireEndpoint } from '../../protocol/control.js';
-import { exportServerKey } from '../../protocol/keys.js';
-import { peerIdentity } from '../identity.js';
-import { connectMutualTls, readMessage, type TlsFiles } from '../tls.js';
-
-export const KDCNS_LIFETIME_MS = 3600_000;
+import { KDCNS_LIFETIME_MS } from '../../protocol/keys.js';
+import { firstContact, type TlsFiles } from '../tls.js';
 /** First contact happens while a node waits for its grant or a direction waits for a wake: short. */
 const CONTACT_TIMEOUT_MS = 2000;
 
@@ -40,21 +37,8 @@ export interface NsKey extends NsContact {
 
 /** First contact with the NS over mutual TLS: Kdcns from the exporter, the broker URL from its NS Hello. */
 export async function contactNs(files: TlsFiles, ns: Pick<NsConfig, 'name' | 'address' | 'tlsPort'>, timeoutMs = CONTACT_TIMEOUT_MS): Promise<NsContact> {
-  const socket = await connectMutualTls(files, ns.address, ns.tlsPort, ns.name, timeoutMs);
-  try {
-    // TLS has checked the chain and that the certificate names ns.name; the role keeps a DC's or
-    // an RS's certificate from passing for an NS.
-    const id = peerIdentity(socket.getPeerCertificate());
-    if (id.role !== 'ns') throw new Error(`certificate role ${id.role ?? 'none'}, want ns`);
-    if (!id.dnsNames.includes(ns.name)) throw new Error(`certificate does not name ${ns.name}`);
-    const k = exportServerKey(socket, 'kdcns');
-    const hello = await readMessage(socket, timeoutMs, 'NS Hello');
-    if (hello.type !== 'nsHello') throw new Error(`sent ${hello.type}, want nsHello`);
-    if (hello.body.name !== ns.name) throw new Error(`NS Hello names ${hello.body.name}, want ${ns.name}`);
-    return { ...k, broker: hello.body.broker };
-  } finally {
-    socket.destroy();
-  }
+  const c = await firstContact(files, 'ns', ns, timeoutMs);
+  return { keyId: c.keyId, key: c.key, broker: c.hello.broker };
 }
 
 export interface NsLinkStatus {

@@ -8,9 +8,8 @@
 import { createHash } from 'node:crypto';
 import { isIP } from 'node:net';
 import { ZERO_KEY, type WireEndpoint } from '../../protocol/control.js';
-import { exportServerKey, KDCRS_LIFETIME_MS } from '../../protocol/keys.js';
-import { peerIdentity } from '../identity.js';
-import { connectMutualTls, readMessage, type TlsFiles } from '../tls.js';
+import { KDCRS_LIFETIME_MS } from '../../protocol/keys.js';
+import { firstContact, type TlsFiles } from '../tls.js';
 
 /**
  * How long first contact may take, handshake and Relay Hello each: short, because the node's
@@ -113,22 +112,9 @@ export function preferHealthy(candidates: readonly RelayConfig[], failedAt: (nam
 
 /** First contact with one RS over mutual TLS: the key from the exporter, the public key from its Relay Hello. */
 export async function contactRelay(files: TlsFiles, r: RelayConfig, timeoutMs = CONTACT_TIMEOUT_MS): Promise<RelayContact> {
-  const socket = await connectMutualTls(files, relayControlAddress(r), r.tlsPort, r.name, timeoutMs);
-  try {
-    // TLS has checked the chain and that the certificate names r.name (the server name); the role
-    // keeps a DC's or the AS's certificate from passing for an RS.
-    const id = peerIdentity(socket.getPeerCertificate());
-    if (id.role !== 'rs') throw new Error(`certificate role ${id.role ?? 'none'}, want rs`);
-    if (!id.dnsNames.includes(r.name)) throw new Error(`certificate does not name ${r.name}`);
-    const k = exportServerKey(socket, 'kdcrs');
-    const hello = await readMessage(socket, timeoutMs, 'Relay Hello');
-    if (hello.type !== 'relayHello') throw new Error(`sent ${hello.type}, want relayHello`);
-    if (hello.body.name !== r.name) throw new Error(`Relay Hello names ${hello.body.name}, want ${r.name}`);
-    if (hello.body.publicKey.equals(ZERO_KEY)) throw new Error('Relay Hello without a public key');
-    return { ...k, publicKey: hello.body.publicKey };
-  } finally {
-    socket.destroy();
-  }
+  const c = await firstContact(files, 'rs', { name: r.name, address: relayControlAddress(r), tlsPort: r.tlsPort }, timeoutMs);
+  if (c.hello.publicKey.equals(ZERO_KEY)) throw new Error('Relay Hello without a public key');
+  return { keyId: c.keyId, key: c.key, publicKey: c.hello.publicKey };
 }
 
 export interface RelayStatus {

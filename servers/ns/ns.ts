@@ -17,7 +17,7 @@ import { ControlChannel, type Incoming } from '../../protocol/channel.js';
 import { KeyClass, Status, type Body, type StatusCode } from '../../protocol/control.js';
 import { classifyDatagram, DatagramKind } from '../../protocol/demux.js';
 import { decodeSockaddr, encodeSockaddr } from '../../protocol/endpoint.js';
-import { exportServerKey } from '../../protocol/keys.js';
+import { exportServerKey, KDCNS_LIFETIME_MS } from '../../protocol/keys.js';
 import { mqttPassword, mqttUsername, notifyTopic, sealNotification } from '../../protocol/notify.js';
 import { peerIdentity } from '../identity.js';
 import { tlsContextOptions, writeMessage, type TlsFiles } from '../tls.js';
@@ -40,8 +40,6 @@ export interface NsConfig {
   verbose?: boolean;
 }
 
-/** Kdcns from first contact lives this long; the DC makes first contact again after it. */
-export const KDCNS_LIFETIME_MS = 3600_000;
 
 export class NsCounters {
   /** First contacts from DCs (Kdcns taken, NS Hello sent). */
