@@ -1,4 +1,4 @@
-// The servers' JSON config helpers (servers/rs/config.ts, servers/dc/config.ts): every field
+// The servers' JSON config helpers (servers/rs/config.ts, servers/dc/config.ts, servers/ns/config.ts): every field
 // checked, with an error that names it (`f` is the field's path prefix, e.g. "listen.");
 // unknown fields are refused so that a typo does not silently fall back to a default.
 

@@ -9,8 +9,7 @@ import { isDnsName } from '../../protocol/control.js';
 import { MQTT_TLS_PORT, NS_PORT, NS_TLS_PORT } from '../../protocol/discovery.js';
 import { type BrokerConfig, type NsConfig } from './ns.js';
 
-/** A malformed config or command line: exit status 2. */
-import { UsageError } from '../config-json.js';
+import { ConfigError, int, known, obj, parseJsonObject, str, UsageError } from '../config-json.js';
 
 export { UsageError };
 
@@ -23,55 +22,28 @@ export const NS_DEFAULTS = {
   maxKeys: 100_000,
 };
 
-function obj(v: unknown, f: string): Record<string, unknown> {
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new UsageError(`${f}: want an object`);
-  return v as Record<string, unknown>;
-}
-
-function str(o: Record<string, unknown>, k: string, f: string, def?: string): string {
-  const v = o[k] ?? def;
-  if (typeof v !== 'string' || !v) throw new UsageError(`${f}${k}: want a string${def === undefined ? ' (required)' : ''}`);
-  return v;
-}
-
-function int(o: Record<string, unknown>, k: string, f: string, def: number, min: number, max: number): number {
-  const v = o[k] ?? def;
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) throw new UsageError(`${f}${k}: ${JSON.stringify(v)} is not an integer in ${min}..${max}`);
-  return v;
-}
-
-function known(o: Record<string, unknown>, keys: string[], f: string): void {
-  for (const k of Object.keys(o)) if (!keys.includes(k)) throw new UsageError(`${f}${k}: unknown setting (known: ${keys.join(', ')})`);
-}
-
 function mqttUrl(v: string, f: string): string {
   let u: URL;
   try {
     u = new URL(v);
   } catch {
-    throw new UsageError(`${f}: "${v}" is not a URL`);
+    throw new ConfigError(`${f}: "${v}" is not a URL`);
   }
-  if (u.protocol !== 'mqtts:' && u.protocol !== 'mqtt:') throw new UsageError(`${f}: "${v}": want an mqtts:// (or, for a broker on this host, mqtt://) URL`);
+  if (u.protocol !== 'mqtts:' && u.protocol !== 'mqtt:') throw new ConfigError(`${f}: "${v}": want an mqtts:// (or, for a broker on this host, mqtt://) URL`);
   return v;
 }
 
 /** Parses the config; `base` is the directory relative file names are taken from. */
 export function parseNsConfig(text: string, base = '.'): NsConfig {
-  let d: Record<string, unknown>;
-  try {
-    d = obj(JSON.parse(text), 'config');
-  } catch (e) {
-    if (e instanceof UsageError) throw e;
-    throw new UsageError(`config: not valid JSON (${(e as Error).message})`);
-  }
+  const d = parseJsonObject(text);
   known(d, ['name', 'listen', 'tls', 'broker', 'state', 'maxKeys'], '');
   const path = (p: string): string => resolve(base, p);
   const name = str(d, 'name', '');
-  if (!isDnsName(name)) throw new UsageError(`name: "${name}" is not a lower-case DNS name`);
+  if (!isDnsName(name)) throw new ConfigError(`name: "${name}" is not a lower-case DNS name`);
   const listen = obj(d.listen ?? {}, 'listen');
   known(listen, ['address', 'port'], 'listen.');
   const address = str(listen, 'address', 'listen.', NS_DEFAULTS.listen.address);
-  if (!isIP(address)) throw new UsageError(`listen.address: "${address}" is not an IP address`);
+  if (!isIP(address)) throw new ConfigError(`listen.address: "${address}" is not an IP address`);
   const tls = obj(d.tls, 'tls');
   known(tls, ['port', 'ca', 'cert', 'key'], 'tls.');
   const b = obj(d.broker ?? {}, 'broker');
@@ -80,7 +52,7 @@ export function parseNsConfig(text: string, base = '.'): NsConfig {
   if (type === 'embedded') {
     known(b, ['type', 'address', 'port', 'publicUrl', 'maxKeepaliveSeconds'], 'broker.');
     const bAddress = str(b, 'address', 'broker.', address);
-    if (!isIP(bAddress)) throw new UsageError(`broker.address: "${bAddress}" is not an IP address`);
+    if (!isIP(bAddress)) throw new ConfigError(`broker.address: "${bAddress}" is not an IP address`);
     const port = int(b, 'port', 'broker.', NS_DEFAULTS.brokerPort, 0, 65535);
     const publicUrl = mqttUrl(str(b, 'publicUrl', 'broker.', `mqtts://${name}:${port}`), 'broker.publicUrl');
     broker = { type, address: bAddress, port, publicUrl, maxKeepaliveSeconds: int(b, 'maxKeepaliveSeconds', 'broker.', NS_DEFAULTS.maxKeepaliveSeconds, 10, 65535) };
@@ -93,11 +65,11 @@ export function parseNsConfig(text: string, base = '.'): NsConfig {
       try {
         password = readFileSync(file, 'utf8').trim();
       } catch (e) {
-        throw new UsageError(`broker.passwordFile: ${(e as Error).message}`);
+        throw new ConfigError(`broker.passwordFile: ${(e as Error).message}`);
       }
     } else password = str(b, 'password', 'broker.');
     const accessControl = str(b, 'accessControl', 'broker.', 'dynsec');
-    if (accessControl !== 'dynsec' && accessControl !== 'none') throw new UsageError(`broker.accessControl: "${accessControl}", want dynsec or none`);
+    if (accessControl !== 'dynsec' && accessControl !== 'none') throw new ConfigError(`broker.accessControl: "${accessControl}", want dynsec or none`);
     broker = {
       type: 'external',
       url,
@@ -107,7 +79,7 @@ export function parseNsConfig(text: string, base = '.'): NsConfig {
       accessControl,
       publicUrl: mqttUrl(str(b, 'publicUrl', 'broker.', url), 'broker.publicUrl'),
     };
-  } else throw new UsageError(`broker.type: "${type}", want embedded or mosquitto`);
+  } else throw new ConfigError(`broker.type: "${type}", want embedded or mosquitto`);
   return {
     name,
     listen: { address, port: int(listen, 'port', 'listen.', NS_DEFAULTS.listen.port, 0, 65535) },
