@@ -1,6 +1,7 @@
-// The servers' JSON config helpers (servers/rs/config.ts, servers/dc/config.ts, servers/ns/config.ts): every field
-// checked, with an error that names it (`f` is the field's path prefix, e.g. "listen.");
-// unknown fields are refused so that a typo does not silently fall back to a default.
+// The servers' JSON config helpers (servers/dc/config.ts, servers/rs/config.ts,
+// servers/ns/config.ts): every field checked, with an error that names it (`f` is the field's
+// path prefix, e.g. "listen."); unknown fields are refused so that a typo does not silently fall
+// back to a default.
 
 /** A malformed command line or config: the commands exit with status 2. */
 export class UsageError extends Error {}
