@@ -21,12 +21,13 @@
 //                               [--relay both-sym|both-eim|v4-v6|none] [--no-handover] [--keep] [--help]
 
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { buildFleet, FLEET_CASES, HANDOVER_SITES, LAN, NAMES, RELAY_CASES, type Fleet, type FleetCase, type RouterUplink } from './fleet.js';
 import { doSwitch, uplinkStatus, type HandoverStep, type UplinkStatus } from './handover.js';
+import { serveRandomFile } from './http.js';
 import { Lab, type Host } from './lab.js';
 import { type SiteNat } from './topology.js';
 import { gapOfSwitch, startSession } from './traffic.js';
@@ -121,21 +122,6 @@ async function fleetFor(lab: Lab, c: FleetCase, extraSites?: Record<string, Site
   return fleet;
 }
 
-/** python's http.server on host:8080 serving one file of 20 MB random bytes as /name; the data. */
-async function serveFile(fleet: Fleet, host: Host, bind: string, name: string): Promise<Buffer> {
-  const root = path.join(fleet.dir, `www-${host.name}`);
-  mkdirSync(root, { recursive: true });
-  const data = randomBytes(SIZE);
-  writeFileSync(path.join(root, name), data);
-  host.spawn('python3', ['-m', 'http.server', '--bind', bind, '8080', '--directory', root], { log: 'http' });
-  for (let i = 0; i < 50; i++) {
-    // Ask for / (not the file): the checks below read the requests for the file from its log.
-    if ((await host.exec('curl', ['-s', '-o', '/dev/null', `http://${bind}:8080/`], { allowFail: true })).code === 0) break;
-    await sleep(100);
-  }
-  return data;
-}
-
 /** a1$ curl URL: checks HTTP 200 and the SHA-256 of what arrived, prints the timings. */
 async function fetch(fleet: Fleet, url: string, data: Buffer, note: string): Promise<void> {
   const from = new URL(url).hostname;
@@ -196,7 +182,7 @@ async function directPart(c: FleetCase): Promise<void> {
       const plan = withHandover ? HANDOVER_PLAN[c] : undefined;
       const fleet = await fleetFor(lab, c, plan ? HANDOVER_SITES : undefined);
       try {
-        const data = await serveFile(fleet, fleet.b2, LAN.b2, 'f');
+        const data = await serveRandomFile(fleet.b2, { dir: fleet.dir, bind: LAN.b2, size: SIZE });
         await fetch(fleet, `http://${NAMES.b2}:8080/f`, data, '20 MB; a1 runs nothing else');
         const seen = clientsOf(lab, fleet.b2, 'f');
         const raVip = (await registered(fleet.ra))[0]!.vip4;
@@ -408,7 +394,7 @@ async function relayPart(c: FleetCase): Promise<void> {
         // Behind two EIM NATs the tunnel leaves the relay for a direct path a few seconds after it
         // is up (docs/relay.md); elsewhere it stays relayed.
         const wantRoute = c === 'both-eim' ? `direct (upgraded from relay via ${NAMES.rs1})` : `relay via ${NAMES.rs1}`;
-        const data = await serveFile(fleet, fleet.b2, LAN.b2, 'f');
+        const data = await serveRandomFile(fleet.b2, { dir: fleet.dir, bind: LAN.b2, size: SIZE });
         const how: Partial<Record<FleetCase, string>> = {
           'both-sym': `two symmetric NATs, no direct path: through ${rs}`,
           'both-eim': `two EIM NATs: through ${rs} first, then a direct path`,
@@ -436,7 +422,7 @@ async function relayPart(c: FleetCase): Promise<void> {
           say(`      RS route ${r.routeId}: ${r.a.node} at ${r.a.endpoint ?? '-'} ↔ ${r.b.node} at ${r.b.endpoint ?? '-'} (as the RS saw their hole punches)`);
         }
 
-        const web = await serveFile(fleet, fleet.web.host, fleet.web.addr, 'g');
+        const web = await serveRandomFile(fleet.web.host, { dir: fleet.dir, bind: fleet.web.addr, size: SIZE, name: 'g' });
         await fetch(fleet, `http://${NAMES.web}:8080/g`, web, 'a general host: no NTMobile on it');
         const webSeen = clientsOf(lab, fleet.web.host, 'g');
         check(webSeen.length === 1 && webSeen[0] === fleet.rs1.address, `the web host saw the request from the RS ${webSeen.join(', ') || '-'} (the tunnel ends there)`);

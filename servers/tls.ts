@@ -2,6 +2,7 @@
 // DC → NS first contact): certificates from the operator's CA on both sides, TLS 1.3, and a stream of
 // control messages of key class "tls" (protocol/control.ts), each behind a 2-byte length.
 
+import { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import * as tls from 'node:tls';
 import { decodeTlsMessage, encodeTlsMessage, type Body, type ControlMessage, type MessageName } from '../protocol/control.js';
@@ -141,4 +142,62 @@ export async function firstContact<R extends keyof typeof FIRST_CONTACT>(
   } finally {
     socket.destroy();
   }
+}
+
+/**
+ * The server side of first contact (an RS or an NS): mutual TLS on `tls.port` that takes DCs'
+ * certificates only (role `dc`, with the DNS names the DC is known by); each DC's key and its ID
+ * from the TLS exporter go to `onKey`, then the server writes its hello and closes.
+ */
+export async function listenFirstContact<R extends keyof typeof FIRST_CONTACT>(
+  role: R,
+  o: {
+    tls: TlsFiles & { port: number };
+    address: string;
+    hello: () => Body<(typeof FIRST_CONTACT)[R]['hello']>;
+    onKey: (key: { keyId: number; key: Buffer }, dcNames: string[]) => void;
+    counters: { tlsAccepted: number; tlsRejected: number };
+    trace: (line: string) => void;
+  },
+): Promise<tls.Server> {
+  const what = FIRST_CONTACT[role];
+  const server = tls.createServer({ ...tlsContextOptions(o.tls), requestCert: true, rejectUnauthorized: true }, (socket) => {
+    socket.on('error', () => undefined);
+    const id = peerIdentity(socket.getPeerCertificate());
+    if (id.role !== 'dc' || id.dnsNames.length === 0) {
+      o.counters.tlsRejected++;
+      o.trace(`first contact refused: certificate role ${id.role ?? 'none'}, want dc with a DNS name`);
+      socket.destroy();
+      return;
+    }
+    const k = exportServerKey(socket, what.keyLabel);
+    o.onKey(k, id.dnsNames);
+    writeMessage(socket, what.hello as MessageName, o.hello() as Body<MessageName>);
+    socket.end();
+    o.counters.tlsAccepted++;
+    o.trace(`first contact from ${id.dnsNames.join(', ')}: key ${k.keyId}`);
+  });
+  server.on('tlsClientError', () => o.counters.tlsRejected++);
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(o.tls.port, o.address === '::' ? undefined : o.address, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  return server;
+}
+
+/** A server's own certificate must name it and carry its role (`rs`, `ns`): DCs refuse it otherwise. */
+export function checkOwnCertificate(certFile: string, name: string, role: keyof typeof FIRST_CONTACT): void {
+  let cert: X509Certificate;
+  try {
+    cert = new X509Certificate(readFileSync(certFile));
+  } catch (e) {
+    throw new Error(`tls.cert ${certFile}: ${(e as Error).message}`);
+  }
+  if (cert.checkHost(name, { wildcards: false }) === undefined) throw new Error(`tls.cert ${certFile}: does not name ${name} (subjectAltName ${cert.subjectAltName ?? 'none'})`);
+  // The role as the DCs will read it from the TLS session (servers/identity.ts).
+  const found = peerIdentity(cert.toLegacyObject()).role;
+  if (found !== role) throw new Error(`tls.cert ${certFile}: role (OU) ${found ?? 'none or several'}, want ${role} (DCs refuse it otherwise)`);
 }

@@ -3,26 +3,18 @@
 // router's DNS hook, the DCs' direction and the tunnel), checksum matching; b1 is unreachable
 // from A's side; b2 sees a1 only as router A's VIP.
 import t from 'tap';
-import { createHash, randomBytes } from 'node:crypto';
-import { writeFileSync, readFileSync, mkdirSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
+import { serveRandomFile } from '../lab/http.js';
 import { Lab } from '../lab/lab.js';
 import { buildFleet, FLEET_CASES, LAN, NAMES, type Fleet } from '../lab/fleet.js';
 
 const SIZE = 20 * 1024 * 1024;
 
+/** A 20 MB file served on b2:8080 as /f; its SHA-256. */
 async function serveFile(fleet: Fleet): Promise<string> {
-  const root = path.join(fleet.dir, 'www');
-  mkdirSync(root, { recursive: true });
-  const data = randomBytes(SIZE);
-  writeFileSync(path.join(root, 'f'), data);
-  fleet.b2.spawn('python3', ['-m', 'http.server', '--bind', LAN.b2, '8080', '--directory', root], { log: 'http' });
-  for (let i = 0; i < 50; i++) {
-    const r = await fleet.b2.exec('curl', ['-s', '-o', '/dev/null', '-w', '%{http_code}', `http://${LAN.b2}:8080/f`], { allowFail: true });
-    if (r.stdout === '200') break;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  return createHash('sha256').update(data).digest('hex');
+  return createHash('sha256').update(await serveRandomFile(fleet.b2, { dir: fleet.dir, bind: LAN.b2, size: SIZE })).digest('hex');
 }
 
 /** How DC1 (DCmn) must direct each case, and where router A must find router B. */

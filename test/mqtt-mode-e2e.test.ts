@@ -4,9 +4,10 @@
 // wakes it through the NS, router B's keepalive opens the NAT again, the direction goes through
 // and a1 fetches a file from b2 with a matching checksum.
 import t from 'tap';
-import { createHash, randomBytes } from 'node:crypto';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
+import { serveRandomFile } from '../lab/http.js';
 import { Lab } from '../lab/lab.js';
 import { buildFleet, LAN, NAMES } from '../lab/fleet.js';
 
@@ -23,11 +24,7 @@ t.test('a router in MQTT mode behind an expired NAT mapping is woken through the
     async (lab) => {
       const fleet = await buildFleet(lab, { case: 'b-nat', mappingTimeout: MAPPING_TIMEOUT, notify: { routers: ['rb'] } });
       t.teardown(() => fleet.dispose());
-      const root = path.join(fleet.dir, 'www');
-      mkdirSync(root, { recursive: true });
-      const data = randomBytes(SIZE);
-      writeFileSync(path.join(root, 'f'), data);
-      fleet.b2.spawn('python3', ['-m', 'http.server', '--bind', LAN.b2, '8080', '--directory', root], { log: 'http' });
+      const data = await serveRandomFile(fleet.b2, { dir: fleet.dir, bind: LAN.b2, size: SIZE });
 
       // Router B registers, takes its Kntmns grant and connects to the broker.
       let rb: RouterStatus | undefined;

@@ -8,10 +8,11 @@
 // make the RS send to a third address, and the tunnel keeps working.
 import t from 'tap';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { RS_PORT } from '../protocol/discovery.js';
+import { serveRandomFile, waitHttp } from '../lab/http.js';
 import { Lab } from '../lab/lab.js';
 import { buildFleet, LAN, NAMES, RELAY_CASES, type Fleet, type RsStatus } from '../lab/fleet.js';
 import { countPackets, spoofSource } from '../lab/spoof.js';
@@ -73,25 +74,9 @@ function rsRoutes(s: RsStatus): { routeId: number; spis: number[] }[] {
   return s.routes.map((r) => ({ routeId: r.routeId, spis: [...r.a.spis, ...r.b.spis] }));
 }
 
-async function waitHttp(fleet: Fleet, host: 'b2' | 'web', url: string): Promise<void> {
-  const h = host === 'web' ? fleet.web.host : fleet.b2;
-  for (let i = 0; i < 50; i++) {
-    const r = await h.exec('curl', ['-s', '-o', '/dev/null', '-w', '%{http_code}', url], { allowFail: true });
-    if (/^\d{3}$/.test(r.stdout) && r.stdout !== '000') return;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`${url}: the server in ${host} did not answer`);
-}
-
-/** A 20 MB file served by python's http.server on b2:8080; its SHA-256. */
+/** A 20 MB file served on b2:8080 as /f; its SHA-256. */
 async function serveFile(fleet: Fleet): Promise<string> {
-  const root = path.join(fleet.dir, 'www');
-  mkdirSync(root, { recursive: true });
-  const data = randomBytes(SIZE);
-  writeFileSync(path.join(root, 'f'), data);
-  fleet.b2.spawn('python3', ['-m', 'http.server', '--bind', LAN.b2, '8080', '--directory', root], { log: 'http' });
-  await waitHttp(fleet, 'b2', `http://${LAN.b2}:8080/f`);
-  return sha256(data);
+  return sha256(await serveRandomFile(fleet.b2, { dir: fleet.dir, bind: LAN.b2, size: SIZE }));
 }
 
 /** An upload server on b2:8081: answers a PUT with the SHA-256 of the body it read (and logs it). */
@@ -121,7 +106,7 @@ http.server.ThreadingHTTPServer((sys.argv[1], int(sys.argv[2])), H).serve_foreve
 
 async function serveUpload(fleet: Fleet): Promise<void> {
   fleet.b2.spawn('python3', ['-c', UPLOAD_SERVER, LAN.b2, '8081'], { log: 'upload' });
-  await waitHttp(fleet, 'b2', `http://${LAN.b2}:8081/`);
+  await waitHttp(fleet.b2, `http://${LAN.b2}:8081/`);
 }
 
 /** a1 GETs url into a file; curl's exit code and the SHA-256 of what arrived. */
@@ -212,12 +197,8 @@ t.test('a1 fetches 20 MB from a general host through the RS, which the host sees
     async (lab) => {
       const fleet = await buildFleet(lab, { case: 'a-nat' });
       t.teardown(() => fleet.dispose());
-      const root = path.join(fleet.dir, 'web');
-      mkdirSync(root, { recursive: true });
-      const data = randomBytes(SIZE);
-      writeFileSync(path.join(root, 'f'), data);
-      fleet.web.host.spawn('python3', ['-m', 'http.server', '--bind', fleet.web.addr, '8080', '--directory', root], { log: 'http' });
-      await waitHttp(fleet, 'web', `http://${fleet.web.addr}:8080/`); // not /f: only a1's request is logged as GET /f
+      // Only a1's request is logged as GET /f (the server's readiness check asks for /).
+      const data = await serveRandomFile(fleet.web.host, { dir: fleet.dir, bind: fleet.web.addr, size: SIZE });
 
       const r = await download(fleet, `http://${NAMES.web}:8080/f`);
       t.equal(r.code, 0, `curl exit 0 (${r.stderr})`);

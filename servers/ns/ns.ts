@@ -11,16 +11,14 @@
 
 import { createSocket, type Socket } from 'node:dgram';
 import { existsSync, readFileSync, statSync } from 'node:fs';
-import { X509Certificate } from 'node:crypto';
-import { createServer as createTlsServer, type Server as TlsServer, type TLSSocket } from 'node:tls';
+import { type Server as TlsServer } from 'node:tls';
 import { ControlChannel, type Incoming } from '../../protocol/channel.js';
 import { KeyClass, Status, type Body, type StatusCode } from '../../protocol/control.js';
 import { classifyDatagram, DatagramKind } from '../../protocol/demux.js';
 import { decodeSockaddr, encodeSockaddr } from '../../protocol/endpoint.js';
-import { exportServerKey, KDCNS_LIFETIME_MS } from '../../protocol/keys.js';
+import { KDCNS_LIFETIME_MS } from '../../protocol/keys.js';
 import { mqttPassword, mqttUsername, notifyTopic, sealNotification } from '../../protocol/notify.js';
-import { peerIdentity } from '../identity.js';
-import { tlsContextOptions, writeMessage, type TlsFiles } from '../tls.js';
+import { checkOwnCertificate, listenFirstContact, type TlsFiles } from '../tls.js';
 import { EmbeddedBroker, ExternalBroker, type Broker } from './broker.js';
 import { writeStateFile } from '../state-file.js';
 
@@ -152,7 +150,7 @@ export class NotificationServer {
 
   async start(): Promise<void> {
     const c = this.config;
-    checkCertificate(c.tls.certFile, c.name);
+    checkOwnCertificate(c.tls.certFile, c.name, 'ns');
     try {
       this.load();
       await this.broker.start();
@@ -168,11 +166,13 @@ export class NotificationServer {
         });
       });
       this.socket = socket;
-      this.tlsServer = createTlsServer({ ...tlsContextOptions(c.tls), requestCert: true, rejectUnauthorized: true }, (s) => this.onTls(s));
-      this.tlsServer.on('tlsClientError', () => this.counters.tlsRejected++);
-      await new Promise<void>((resolve, reject) => {
-        this.tlsServer!.once('error', reject);
-        this.tlsServer!.listen(c.tls.port, c.listen.address === '::' ? undefined : c.listen.address, () => resolve());
+      this.tlsServer = await listenFirstContact('ns', {
+        tls: c.tls,
+        address: c.listen.address,
+        hello: () => ({ name: c.name, broker: c.broker.publicUrl }),
+        onKey: (k, names) => this.addDcKey(k.keyId, k.key, names[0]!, names),
+        counters: this.counters,
+        trace: (l) => this.trace(l),
       });
     } catch (e) {
       await this.stop();
@@ -245,25 +245,6 @@ export class NotificationServer {
       return;
     }
     this.channel.receive(msg, encodeSockaddr(address, port));
-  }
-
-  // ---- mutual TLS: first contact from DCs ------------------------------------------------------
-
-  private onTls(socket: TLSSocket): void {
-    socket.on('error', () => undefined);
-    const id = peerIdentity(socket.getPeerCertificate());
-    if (id.role !== 'dc' || id.dnsNames.length === 0) {
-      this.counters.tlsRejected++;
-      this.trace(`first contact refused: certificate role ${id.role ?? 'none'}, want dc with a DNS name`);
-      socket.destroy();
-      return;
-    }
-    const k = exportServerKey(socket, 'kdcns');
-    this.addDcKey(k.keyId, k.key, id.dnsNames[0]!, id.dnsNames);
-    writeMessage(socket, 'nsHello', { name: this.config.name, broker: this.config.broker.publicUrl });
-    socket.end();
-    this.counters.tlsAccepted++;
-    this.trace(`first contact from ${id.dnsNames.join(', ')}: Kdcns key ${k.keyId}`);
   }
 
   // ---- UDP control messages ------------------------------------------------------------------
@@ -397,20 +378,4 @@ export class NotificationServer {
       this.log(`state file ${path}: ${(e as Error).message} (the keys stay in memory; a restart loses them)`);
     }
   }
-}
-
-/** The certificate must name the NS and say its role, or DCs would refuse it at first contact. */
-export function checkCertificate(certFile: string, name: string): void {
-  let cert: X509Certificate;
-  try {
-    cert = new X509Certificate(readFileSync(certFile));
-  } catch (e) {
-    throw new Error(`tls.cert ${certFile}: ${(e as Error).message}`);
-  }
-  if (cert.checkHost(name, { wildcards: false }) === undefined) throw new Error(`tls.cert ${certFile}: does not name ${name} (subjectAltName ${cert.subjectAltName ?? 'none'})`);
-  const ous = cert.subject
-    .split('\n')
-    .filter((l) => l.startsWith('OU='))
-    .map((l) => l.slice(3));
-  if (ous.length !== 1 || ous[0] !== 'ns') throw new Error(`tls.cert ${certFile}: role (OU) ${ous.join(', ') || 'none'}, want ns (DCs refuse it otherwise)`);
 }

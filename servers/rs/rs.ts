@@ -9,11 +9,9 @@
 // (servers/rs/relay.ts), or first to the gateway's tunnel engine, which hands on the SPIs it does
 // not own (tunnel/outside.ts ForeignEsp). The ESP path sends through one preallocated batch.
 
-import { X509Certificate } from 'node:crypto';
-import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { networkInterfaces } from 'node:os';
-import { createServer as createTlsServer, type Server as TlsServer, type TLSSocket } from 'node:tls';
+import { type Server as TlsServer } from 'node:tls';
 import { ControlChannel, REPLAY_WINDOW_MS, type Incoming } from '../../protocol/channel.js';
 import {
   AuthError,
@@ -37,7 +35,7 @@ import { classifyDatagram, DatagramKind, NON_ESP_MARKER_SIZE } from '../../proto
 import { EndpointMap, formatEndpoint, SOCKADDR_SIZE, wireEndpoint } from '../../protocol/endpoint.js';
 import { reservedRange, sameAddress } from '../../protocol/ip.js';
 import { RS_PORT, RS_TLS_PORT } from '../../protocol/discovery.js';
-import { exportServerKey, KDCRS_LIFETIME_MS, loadOrCreateKey, type X25519Pair } from '../../protocol/keys.js';
+import { KDCRS_LIFETIME_MS, loadOrCreateKey, type X25519Pair } from '../../protocol/keys.js';
 import { addRoute } from '../../netlink/rtnetlink.js';
 import { TunDevice } from '../../netlink/tun.js';
 import { UdpSocket } from '../../netlink/udp.js';
@@ -47,8 +45,7 @@ import { PacketBatch, type DatagramSocket } from '../../tunnel/io.js';
 import { type ForeignEsp } from '../../tunnel/outside.js';
 import { TunnelManager } from '../../tunnel/setup.js';
 import { TunnelTable } from '../../tunnel/table.js';
-import { peerIdentity } from '../identity.js';
-import { tlsContextOptions, writeMessage, type TlsFiles } from '../tls.js';
+import { checkOwnCertificate, listenFirstContact, type TlsFiles } from '../tls.js';
 import { enableForwarding, GatewayNat } from './gateway.js';
 import { Relay, RELAY_DEFAULTS, type RelayQuota, type RelaySide, type RouteStatus } from './relay.js';
 
@@ -339,7 +336,7 @@ export class RelayServer {
 
   async start(): Promise<void> {
     const c = this.config;
-    checkCertificate(c.tls.certFile, c.name);
+    checkOwnCertificate(c.tls.certFile, c.name, 'rs');
     try {
       if (c.gateway !== null) {
         this.restoreForwarding = enableForwarding((l) => this.log(l));
@@ -353,11 +350,13 @@ export class RelayServer {
       } else {
         this.attach(UdpSocket.open({ bindAddress: c.listen.address, port: c.listen.port }));
       }
-      this.tlsServer = createTlsServer({ ...tlsContextOptions(c.tls), requestCert: true, rejectUnauthorized: true }, (s) => this.onTls(s));
-      this.tlsServer.on('tlsClientError', () => this.counters.tlsRejected++);
-      await new Promise<void>((resolve, reject) => {
-        this.tlsServer!.once('error', reject);
-        this.tlsServer!.listen(c.tls.port, c.listen.address === '::' ? undefined : c.listen.address, () => resolve());
+      this.tlsServer = await listenFirstContact('rs', {
+        tls: c.tls,
+        address: c.listen.address,
+        hello: () => ({ name: c.name, publicKey: this.staticKey.publicKey }),
+        onKey: (k, names) => this.addDcKey(k.keyId, k.key, names[0]!),
+        counters: this.counters,
+        trace: (l) => this.trace(l),
       });
     } catch (e) {
       await this.stop();
@@ -403,25 +402,6 @@ export class RelayServer {
     this.relay.expire(now);
     for (const [id, k] of this.dcKeys) if (k.expiresAt <= now) this.dcKeys.delete(id);
     if (this.tunnels !== null) this.sweepGateway(now);
-  }
-
-  // ---- mutual TLS: first contact from DCs ------------------------------------------------------
-
-  private onTls(socket: TLSSocket): void {
-    socket.on('error', () => undefined);
-    const id = peerIdentity(socket.getPeerCertificate());
-    if (id.role !== 'dc') {
-      this.counters.tlsRejected++;
-      this.trace(`first contact refused: certificate role ${id.role ?? 'none'}, want dc`);
-      socket.destroy();
-      return;
-    }
-    const k = exportServerKey(socket, 'kdcrs');
-    this.addDcKey(k.keyId, k.key, id.dnsNames[0] ?? '(unnamed)');
-    writeMessage(socket, 'relayHello', { name: this.config.name, publicKey: this.staticKey.publicKey });
-    socket.end();
-    this.counters.tlsAccepted++;
-    this.trace(`first contact from ${id.dnsNames.join(', ')}: Kdcrs key ${k.keyId}`);
   }
 
   // ---- datagrams ---------------------------------------------------------------------------------
@@ -843,18 +823,4 @@ function hostAddresses(listen: string): string[] {
   const out = listen === '::' || listen === '0.0.0.0' ? [] : [listen];
   for (const list of Object.values(networkInterfaces())) for (const a of list ?? []) out.push(a.address);
   return out;
-}
-
-/** The RS's certificate must name it (DCs connect with that name) and carry the role `rs`. */
-export function checkCertificate(certFile: string, name: string): void {
-  let cert: X509Certificate;
-  try {
-    cert = new X509Certificate(readFileSync(certFile));
-  } catch (e) {
-    throw new Error(`tls.cert ${certFile}: ${(e as Error).message}`);
-  }
-  if (cert.checkHost(name, { wildcards: false }) === undefined) throw new Error(`tls.cert ${certFile}: does not name ${name} (subjectAltName ${cert.subjectAltName ?? 'none'})`);
-  // The role as the DCs will read it from the TLS session (servers/identity.ts).
-  const { role } = peerIdentity(cert.toLegacyObject());
-  if (role !== 'rs') throw new Error(`tls.cert ${certFile}: role (OU) ${role ?? 'none or several'}, want rs (DCs refuse it otherwise)`);
 }
