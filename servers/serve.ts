@@ -3,10 +3,11 @@
 // a ready line, the status file every second, SIGINT/SIGTERM stop (removing what the server set
 // up), SIGUSR1 prints the status; exit 2 for bad usage or config, 1 for anything else.
 
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { UsageError } from './config-json.js';
+import { writeStateFile } from './state-file.js';
 
 export interface Servable {
   start(): Promise<void>;
@@ -52,7 +53,8 @@ async function serve<C, S extends Servable>(spec: ServeSpec<C, S>): Promise<void
   await server.start();
   process.stdout.write(`ready ${spec.ready(config, server)}\n`);
   const writeStatus = (): void => {
-    if (values.status) writeFileSync(values.status, JSON.stringify(server.status()));
+    // Replaced whole: a reader never sees a half-written file.
+    if (values.status) writeStateFile(values.status, JSON.stringify(server.status()), { durable: false });
   };
   const timer = values.status ? setInterval(writeStatus, 1000) : null;
   writeStatus();
