@@ -15,6 +15,7 @@ import { RS_PORT, RS_TLS_PORT } from '../protocol/discovery.js';
 import { generateX25519, rawPrivate } from '../protocol/keys.js';
 import { AccountStore } from '../servers/as/store.js';
 import type { RsStatus } from '../servers/rs/rs.js';
+import type { LoginLimits } from '../servers/as/server.js';
 import { apiCall } from '../router/api.js';
 import { startDnsmasq } from './dnsmasq.js';
 import { type Host, type Lab } from './lab.js';
@@ -202,6 +203,11 @@ export interface FleetOptions {
   // ---- notification (issue 5, docs/ns.md) ----
   /** An NS (ns1.notify.test) for the DCs, and these routers in MQTT mode. */
   notify?: { routers: ('ra' | 'rb')[]; broker?: BrokerKind };
+  // ---- memory (bench/memory.ts) ----
+  /** Node flags router A's daemon runs with (the router's NODE_FLAGS), also after a restart. */
+  raNodeFlags?: string[];
+  /** The AS's login limits (servers/as): a swarm of nodes logging in from one address needs more than 20 a minute. */
+  asLimits?: Partial<LoginLimits>;
 }
 
 export async function buildFleet(lab: Lab, o: FleetOptions): Promise<Fleet> {
@@ -318,6 +324,7 @@ export async function buildFleet(lab: Lab, o: FleetOptions): Promise<Fleet> {
       key: asCert.keyFile,
       store: storePath,
       keyDistribution: { ca: asCert.caFile, cert: asCert.certFile, key: asCert.keyFile, resolver: res.addr },
+      ...(o.asLimits !== undefined ? { limits: o.asLimits } : {}),
     }),
   );
   const asProgram = await startProgram(lab, as.host, AS_CLI, ['serve', '--config', asConfig], { tag: 'as' });
@@ -392,9 +399,10 @@ export async function buildFleet(lab: Lab, o: FleetOptions): Promise<Fleet> {
       }),
       { mode: 0o600 },
     );
-    const program = await startProgram(lab, host, ROUTER_CLI, ['router', '--config', configPath, ...(o.verbose !== false ? ['--verbose'] : [])], { tag: 'ntmobile', timeoutMs: 30_000 });
+    const nodeFlags = tag === 'ra' ? (o.raNodeFlags ?? []) : [];
+    const program = await startProgram(lab, host, ROUTER_CLI, ['router', '--config', configPath, ...(o.verbose !== false ? ['--verbose'] : [])], { tag: 'ntmobile', timeoutMs: 30_000, nodeFlags });
     const router: FleetRouter = { host, name, program, configPath, socket, api: (cmd, args = {}) => apiCall(socket, cmd, args) };
-    routerStarts.set(router, () => startProgram(lab, host, ROUTER_CLI, ['router', '--config', configPath, ...(o.verbose !== false ? ['--verbose'] : [])], { tag: 'ntmobile', timeoutMs: 30_000 }));
+    routerStarts.set(router, () => startProgram(lab, host, ROUTER_CLI, ['router', '--config', configPath, ...(o.verbose !== false ? ['--verbose'] : [])], { tag: 'ntmobile', timeoutMs: 30_000, nodeFlags }));
     return router;
   };
   say('routers: login at the AS, registration at their DCs');

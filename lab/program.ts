@@ -17,9 +17,10 @@ export interface Program {
   stop(signal?: NodeJS.Signals): Promise<void>;
 }
 
-export async function startProgram(lab: Lab, host: Host, script: string, args: string[], o: { tag: string; ready?: RegExp; timeoutMs?: number }): Promise<Program> {
+/** `nodeFlags` go to node before the script (e.g. the V8 heap flags a router runs the daemon with). */
+export async function startProgram(lab: Lab, host: Host, script: string, args: string[], o: { tag: string; ready?: RegExp; timeoutMs?: number; nodeFlags?: string[] }): Promise<Program> {
   const logFile = path.join(lab.logDir, `${host.name}-${o.tag}.log`);
-  const child = lab.spawnIn(host, process.execPath, [script, ...args], { log: 'pipe' });
+  const child = lab.spawnIn(host, process.execPath, [...(o.nodeFlags ?? []), script, ...args], { log: 'pipe' });
   let err = '';
   child.stderr!.on('data', (d: Buffer) => {
     err += d.toString();

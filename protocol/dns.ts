@@ -6,7 +6,13 @@
 
 import dgram from 'node:dgram';
 import net, { isIP, isIPv4, isIPv6 } from 'node:net';
-import { decode, encode, encodingLength, type Answer, type DecodedPacket, type OptAnswer, type Packet, type Question } from 'dns-packet';
+import { createRequire } from 'node:module';
+import type { Answer, DecodedPacket, OptAnswer, Packet, Question } from 'dns-packet';
+
+// dns-packet is CommonJS. Imported from ESM, Node would first run its WebAssembly CJS export
+// lexer over it, which costs a router daemon about 11 MB of RSS for the rest of its life
+// (docs/benchmarks.md, "Memory on a router"); require() needs no lexer.
+const { decode, encode, encodingLength } = createRequire(import.meta.url)('dns-packet') as typeof import('dns-packet');
 
 const HEADER_SIZE = 12;
 const FLAG_QR = 0x8000;
