@@ -8,7 +8,9 @@ import { type Engine } from '../tunnel/engine.js';
 import { ConfigError, loadStaticConfig } from './static-config.js';
 import { startStaticTunnel } from './static-tunnel.js';
 import { apiCall } from './api.js';
-import { loadRouterConfig, RouterConfigError } from './config.js';
+import { loadRouterConfig, RouterConfigError, type RouterConfig } from './config.js';
+import { createLogger } from './log.js';
+import { loadUciConfig } from './uci-config.js';
 import { RouterDaemon } from './daemon.js';
 
 const USAGE = `Usage: ntmobile <command> [options]
@@ -17,6 +19,9 @@ Commands:
   router --config FILE   Run the NTMobile node daemon for this router and its LAN
                          (login, registration, DNS hook, tunnels, LAN translation).
                          File format: docs/router.md
+  router --uci CONFIG    The same, configured from UCI (/etc/config/CONFIG, normally
+                         ntmobile; docs/openwrt.md). SIGHUP re-reads it.
+  router … --check       Validate the configuration and exit (0 valid, 2 invalid).
   status                 The running daemon's state, registrations and counters.
   peers                  Tunnels: peer node, names and VIPs, path, bytes each way, last traffic.
   ping NAME [-c N]       Resolve NAME through NTMobile (sets up the tunnel) and ping its VIP.
@@ -33,7 +38,9 @@ Options for tunnel:
   --verbose              Print what the node sets up.
   -h, --help             This help.
 
-Signals: SIGINT/SIGTERM stop the node and remove its TUN device; SIGUSR1 prints counters.
+Signals: SIGINT/SIGTERM stop the node and remove its TUN device; SIGHUP reloads the router
+daemon's configuration (an invalid one is logged and the running one stays); SIGUSR1 prints
+counters.
 `;
 
 function fail(message: string, code = 2): never {
@@ -94,31 +101,73 @@ async function tunnel(argv: string[]): Promise<void> {
 }
 
 async function router(argv: string[]): Promise<void> {
-  const { values } = parseArgs({ args: argv, options: { config: { type: 'string' }, verbose: { type: 'boolean', default: false }, help: { type: 'boolean', short: 'h', default: false } }, strict: true });
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      config: { type: 'string' },
+      uci: { type: 'string' },
+      check: { type: 'boolean', default: false },
+      verbose: { type: 'boolean', default: false },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
+    strict: true,
+  });
   if (values.help) {
     process.stdout.write(USAGE);
     return;
   }
-  if (!values.config) fail('router: --config FILE is required (see ntmobile --help)');
-  let config;
+  if ((values.config === undefined) === (values.uci === undefined)) fail('router: give --config FILE or --uci CONFIG (see ntmobile --help)');
+  const source = values.uci !== undefined ? `/etc/config/${values.uci}` : values.config!;
+  const load = (): RouterConfig => (values.uci !== undefined ? loadUciConfig(values.uci).config : loadRouterConfig(values.config!));
+  let config: RouterConfig;
   try {
-    config = loadRouterConfig(values.config);
+    config = load();
   } catch (e) {
-    if (e instanceof RouterConfigError) fail(`config: ${e.message}`);
+    if (e instanceof RouterConfigError) fail(`${source}: ${e.message}; not started`);
     throw e;
   }
-  const log = (msg: string): void => {
-    if (values.verbose) process.stderr.write(`ntmobile: ${msg}\n`);
-  };
-  const daemon = new RouterDaemon(config, log);
+  if (values.check) {
+    process.stdout.write(`${source}: valid\n`);
+    return;
+  }
+  const logger = createLogger(values.verbose ? 'debug' : config.logLevel);
+  let daemon = new RouterDaemon(config, logger);
   let stopping = false;
   const stop = (): void => {
     if (stopping) return;
     stopping = true;
     void daemon.stop().then(() => process.exit(0));
   };
+  // SIGHUP (procd's reload, `ubus call ntmobile reload`): an invalid new config is logged and the
+  // running one stays; a change the daemon cannot take in place restarts it inside this process.
+  let reloading: Promise<unknown> = Promise.resolve();
+  const reload = (): Promise<object> => {
+    const run = reloading.then(async () => {
+      let next: RouterConfig;
+      try {
+        next = load();
+      } catch (e) {
+        if (!(e instanceof RouterConfigError)) throw e;
+        logger.error(`reload: ${source}: ${e.message}; the running configuration stays`);
+        throw new Error(`${source}: ${e.message}; the running configuration stays`);
+      }
+      if (values.verbose) next = { ...next, logLevel: 'debug' };
+      const r = await daemon.reload(next);
+      if (r.restart && !stopping) {
+        logger.info(`reload: ${r.changed.join(', ')} changed: restarting the daemon`);
+        await daemon.stop();
+        logger.level = next.logLevel;
+        daemon = new RouterDaemon(next, logger);
+        await daemon.start();
+      }
+      return r;
+    });
+    reloading = run.catch(() => undefined);
+    return run;
+  };
   process.on('SIGINT', stop);
   process.on('SIGTERM', stop);
+  process.on('SIGHUP', () => void reload().catch(() => undefined));
   process.on('SIGUSR1', () => process.stderr.write(`${JSON.stringify(daemon.status())}\n`));
   await daemon.start();
   process.stdout.write(`ready ${config.name} port ${config.listen.port}\n`);

@@ -12,7 +12,15 @@ export interface PublishedHostConfig {
   /** The host's LAN address (IPv4 and/or IPv6). */
   address4: string | null;
   address6: string | null;
+  /**
+   * Or its MAC address: the IPv4 address comes from the DHCP leases (`dhcpLeases`) and follows
+   * them; until the host has a lease it is registered but not reachable.
+   */
+  mac: string | null;
 }
+
+export const LOG_LEVELS = ['error', 'warn', 'info', 'debug'] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
 
 export interface RouterConfig {
   /** The router's own name (its account's first name at the AS). */
@@ -48,6 +56,10 @@ export interface RouterConfig {
    * through it, instead of a UDP keepalive every 20 s. null: off (UDP keepalives).
    */
   notify: NotifyConfig | null;
+  /** error, warn, info (default), debug (the protocol sequence, as --verbose). */
+  logLevel: LogLevel;
+  /** dnsmasq's lease file, for published hosts given by MAC. */
+  dhcpLeases: string;
 }
 
 export interface NotifyConfig {
@@ -101,7 +113,7 @@ export function parseRouterConfig(text: string, baseDir = '.'): RouterConfig {
     if (e instanceof RouterConfigError) throw e;
     throw new RouterConfigError(`config: not valid JSON (${(e as Error).message})`);
   }
-  const known = ['name', 'account', 'as', 'privateKeyFile', 'listen', 'tun', 'lan', 'publish', 'dns', 'resolvers', 'dc', 'dcPort', 'suite', 'rekeyAfterSeconds', 'mapPool4', 'socketPath', 'nftTable', 'general', 'notify'];
+  const known = ['name', 'account', 'as', 'privateKeyFile', 'listen', 'tun', 'lan', 'publish', 'dns', 'resolvers', 'dc', 'dcPort', 'suite', 'rekeyAfterSeconds', 'mapPool4', 'socketPath', 'nftTable', 'general', 'notify', 'logLevel', 'dhcpLeases'];
   for (const k of Object.keys(root)) if (!known.includes(k)) throw new RouterConfigError(`${k}: unknown setting (known: ${known.join(', ')})`);
   const account = obj(root.account, 'account');
   let password: string;
@@ -129,10 +141,16 @@ export function parseRouterConfig(text: string, baseDir = '.'): RouterConfig {
     if (!n.endsWith(`.${ownName}`) && n.split('.').slice(1).join('.') !== ownName.split('.').slice(1).join('.')) {
       throw new RouterConfigError(`${f}name: "${n}" is neither under ${ownName} nor in its zone`);
     }
+    for (const k of Object.keys(o)) if (!['name', 'address', 'addresses', 'mac'].includes(k)) throw new RouterConfigError(`${f}${k}: unknown setting (known: name, address, addresses, mac)`);
     const addrs = typeof o.address === 'string' ? [o.address] : strings(o, 'addresses', f);
-    if (addrs.length === 0) throw new RouterConfigError(`${f}address: required`);
+    let mac: string | null = null;
+    if (o.mac !== undefined) {
+      if (typeof o.mac !== 'string' || !/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i.test(o.mac)) throw new RouterConfigError(`${f}mac: ${JSON.stringify(o.mac)} is not a MAC address (aa:bb:cc:dd:ee:ff)`);
+      mac = o.mac.toLowerCase();
+    }
+    if (addrs.length === 0 && mac === null) throw new RouterConfigError(`${f}address: required (an IP address, or a mac)`);
     for (const a of addrs) if (!isIP(a)) throw new RouterConfigError(`${f}address: "${a}" is not an IP address`);
-    return { name: n, address4: addrs.find((a) => isIP(a) === 4) ?? null, address6: addrs.find((a) => isIP(a) === 6) ?? null };
+    return { name: n, address4: addrs.find((a) => isIP(a) === 4) ?? null, address6: addrs.find((a) => isIP(a) === 6) ?? null, mac };
   });
   const suite = str(root, 'suite', '', 'aes-gcm');
   if (suite !== 'aes-gcm' && suite !== 'chacha20-poly1305') throw new RouterConfigError(`suite: "${suite}", want aes-gcm or chacha20-poly1305`);
@@ -165,6 +183,8 @@ export function parseRouterConfig(text: string, baseDir = '.'): RouterConfig {
       keepaliveSeconds: int(n, 'keepaliveSeconds', 'notify.', 300, 10, 3600),
     };
   }
+  const logLevel = str(root, 'logLevel', '', 'info');
+  if (!(LOG_LEVELS as readonly string[]).includes(logLevel)) throw new RouterConfigError(`logLevel: "${logLevel}", want one of ${LOG_LEVELS.join(', ')}`);
   const tunName = str(tun, 'name', 'tun.', 'ntm0');
   if (tunName.length > 15) throw new RouterConfigError(`tun.name: "${tunName}" is longer than 15 characters`);
   return {
@@ -192,6 +212,8 @@ export function parseRouterConfig(text: string, baseDir = '.'): RouterConfig {
     nftTable: str(root, 'nftTable', '', 'ntmobile'),
     general: { viaRelay },
     notify,
+    logLevel: logLevel as LogLevel,
+    dhcpLeases: str(root, 'dhcpLeases', '', '/tmp/dhcp.leases'),
   };
 }
 

@@ -20,6 +20,8 @@ import { TunDevice } from '../netlink/tun.js';
 import { UdpSocket } from '../netlink/udp.js';
 import { ApiServer } from './api.js';
 import { type RouterConfig } from './config.js';
+import { DhcpLeases } from './leases.js';
+import { silentLogger, type Logger } from './log.js';
 import { DnsHook } from './dns-hook.js';
 import { Engine } from '../tunnel/engine.js';
 import { LanTranslation } from './lan-nat.js';
@@ -140,10 +142,19 @@ export class RouterDaemon {
   private readonly notify: NotifyClient | null = null;
   private natKeepaliveTimer: NodeJS.Timeout | null = null;
 
+  private readonly leases: DhcpLeases;
+  /** The protocol sequence (debug level); lifecycle lines use `logger` directly. */
+  private readonly log: (line: string) => void;
+
   constructor(
-    readonly config: RouterConfig,
-    private readonly log: (line: string) => void = () => undefined,
+    public config: RouterConfig,
+    private readonly logger: Logger = silentLogger,
   ) {
+    this.log = (l) => logger.debug(l);
+    this.leases = new DhcpLeases(config.dhcpLeases, () => {
+      this.logger.info('DHCP leases changed: published hosts given by MAC follow');
+      void this.applyLan().catch((e: Error) => this.logger.error(`nftables: ${e.message}`));
+    });
     this.staticKey = loadOrCreateKey(config.privateKeyFile);
     this.mapPool = new AddressPool(config.mapPool4);
     const now = (): number => Date.now() + this.clockOffset;
@@ -228,7 +239,8 @@ export class RouterDaemon {
       onError: (e) => this.log(`dns: ${(e as Error).message ?? String(e)}`),
     });
     await this.dnsHook.start();
-    this.log(`listening on UDP ${this.socket.port}, TUN ${this.device.name}, DNS ${c.dns.address}:${this.dnsHook.port}`);
+    if (c.publish.some((p) => p.mac !== null)) this.leases.start();
+    this.logger.info(`listening on UDP ${this.socket.port}, TUN ${this.device.name}, DNS ${c.dns.address}:${this.dnsHook.port}`);
     await this.connect();
   }
 
@@ -249,7 +261,7 @@ export class RouterDaemon {
           // from now on is a NAT rebinding.
           this.observedFrom = this.uplink.address;
         }
-        this.log(`ready: ${[...this.registered.values()].map((r) => `${r.name} = ${r.vip4}, ${r.vip6}`).join('; ')}`);
+        this.logger.info(`ready: ${[...this.registered.values()].map((r) => `${r.name} = ${r.vip4}, ${r.vip6}`).join('; ')}`);
         // We moved while registering again (a dead zone: the keepalive failed, then a new
         // uplink came): we are registered from the new place, the tunnels still have to move.
         const missed = this.missedMove;
@@ -262,7 +274,7 @@ export class RouterDaemon {
         // A DC that lost our key drops everything under it silently: after two failed rounds,
         // log in again so that the AS hands the DC a fresh Kntmdc.
         if (++failures % 2 === 0) this.session = null;
-        this.log(`connect: ${this.lastError}; retrying in ${wait / 1000} s`);
+        this.logger.error(`connect: ${this.lastError}; retrying in ${wait / 1000} s`);
         await sleep(wait);
         wait = Math.min(wait * 2, 30_000);
       }
@@ -299,22 +311,7 @@ export class RouterDaemon {
   private async registerAll(): Promise<void> {
     const names = [this.config.name, ...this.config.publish.map((p) => p.name)];
     const local = await this.localEndpoint();
-    for (const name of names) {
-      const answer = await this.channel.request('registrationRequest', { name, local, publicKey: this.staticKey.publicKey }, this.dcKey(), this.dc!);
-      if (answer.message.type !== 'registrationResponse') throw new Error(`registration of ${name}: answered with ${answer.message.type}`);
-      const r = answer.message.body;
-      if (r.status !== Status.ok) {
-        this.counters.registrationRefused++;
-        throw new Error(`registration of ${name} refused: ${statusName(r.status)}`);
-      }
-      this.counters.registrations++;
-      this.keepaliveSeconds = r.keepaliveSeconds || 20;
-      this.registered.set(name, { name, vip4: r.vip4, vip6: r.vip6, observed: r.observed });
-      if (name === this.config.name) {
-        this.observedByDc = r.observed;
-        this.observedFrom = this.uplink.address;
-      }
-    }
+    for (const name of names) await this.registerName(name, local);
     const own = this.registered.get(this.config.name)!;
     for (const [v, len] of [
       [own.vip4, 32],
@@ -330,8 +327,26 @@ export class RouterDaemon {
         this.keepaliveSeconds = grant.keepaliveSeconds;
         this.notify.use(grant);
       } catch (e) {
-        this.log(`notify: ${(e as Error).message}: staying on UDP keepalives`);
+        this.logger.warn(`notify: ${(e as Error).message}: staying on UDP keepalives`);
       }
+    }
+  }
+
+  /** Registers one name (ours or a published host's) at the DC; throws when refused. */
+  private async registerName(name: string, local: WireEndpoint): Promise<void> {
+    const answer = await this.channel.request('registrationRequest', { name, local, publicKey: this.staticKey.publicKey }, this.dcKey(), this.dc!);
+    if (answer.message.type !== 'registrationResponse') throw new Error(`registration of ${name}: answered with ${answer.message.type}`);
+    const r = answer.message.body;
+    if (r.status !== Status.ok) {
+      this.counters.registrationRefused++;
+      throw new Error(`registration of ${name} refused: ${statusName(r.status)}`);
+    }
+    this.counters.registrations++;
+    this.keepaliveSeconds = r.keepaliveSeconds || 20;
+    this.registered.set(name, { name, vip4: r.vip4, vip6: r.vip6, observed: r.observed });
+    if (name === this.config.name) {
+      this.observedByDc = r.observed;
+      this.observedFrom = this.uplink.address;
     }
   }
 
@@ -355,10 +370,11 @@ export class RouterDaemon {
       published: this.config.publish.flatMap((p) => {
         const r = this.registered.get(p.name);
         if (r === undefined) return [];
+        const lan4 = p.address4 ?? (p.mac !== null ? this.leases.addressOf(p.mac) : null);
         return [
           {
             name: p.name,
-            ...(p.address4 !== null && r.vip4 !== null ? { lan4: p.address4, vip4: r.vip4 } : {}),
+            ...(lan4 !== null && r.vip4 !== null ? { lan4, vip4: r.vip4 } : {}),
             ...(p.address6 !== null && r.vip6 !== null ? { lan6: p.address6, vip6: r.vip6 } : {}),
           },
         ];
@@ -449,7 +465,7 @@ export class RouterDaemon {
       this.moveRetry = null;
     }
     this.handingOver = this.runHandover(move)
-      .catch((e: Error) => this.log(`handover: ${e.message}`))
+      .catch((e: Error) => this.logger.error(`handover: ${e.message}`))
       .finally(() => {
         this.handingOver = null;
         const next = this.pendingHandover;
@@ -462,7 +478,7 @@ export class RouterDaemon {
     const at = Date.now();
     this.counters.handovers++;
     const peers = [...this.tunnels.peers.values()];
-    this.log(`handover (${reason}): registering again and moving ${peers.length} tunnel(s)`);
+    this.logger.info(`handover (${reason}): registering again and moving ${peers.length} tunnel(s)`);
     if (to === null) {
       // No route to the DC at all: nothing can be told now; the next uplink event tries again.
       this.lastHandover = { at, reason, from, to, ms: 0, registered: false, tunnels: peers.map((p) => ({ node: p.route.peerNode, result: 'failed' })) };
@@ -482,7 +498,7 @@ export class RouterDaemon {
     // UDP mapping does not.
     if (!rebinding) this.notify?.reconnect();
     this.lastHandover = { at, reason, from, to, ms: Date.now() - at, registered, tunnels: results };
-    this.log(`handover done in ${this.lastHandover.ms} ms: ${results.map((r) => `${r.node} ${r.result}`).join(', ') || 'no tunnels'}`);
+    this.logger.info(`handover done in ${this.lastHandover.ms} ms: ${results.map((r) => `${r.node} ${r.result}`).join(', ') || 'no tunnels'}`);
     this.retryFailedMoves(results, MOVE_RETRY_FIRST_MS, 0);
   }
 
@@ -497,7 +513,7 @@ export class RouterDaemon {
     const failed = results.filter((r) => r.result === 'failed').map((r) => r.node);
     if (failed.length === 0 || this.stopped) return;
     if (tries >= MOVE_RETRY_TRIES) {
-      this.log(`handover retry: giving up on ${failed.join(', ')} after ${tries} tries (a new lookup of the peer asks for a new direction)`);
+      this.logger.warn(`handover retry: giving up on ${failed.join(', ')} after ${tries} tries (a new lookup of the peer asks for a new direction)`);
       return;
     }
     const timer = setTimeout(() => {
@@ -642,7 +658,7 @@ export class RouterDaemon {
         const m = this.mapPool.take();
         this.mapped.set(v, m);
         remapped = true;
-        this.log(`peer VIP ${v} collides with a local network: the LAN sees it as ${m}`);
+        this.logger.info(`peer VIP ${v} collides with a local network: the LAN sees it as ${m}`);
       }
       await addRoute(`${v}/${isIP(v) === 4 ? 32 : 128}`, { dev: this.config.tun.name }).catch(ignoreExists);
       this.routedVips.add(v);
@@ -653,6 +669,59 @@ export class RouterDaemon {
   /** A peer address as the LAN sees it. */
   private shown(vip: string | null): string | null {
     return vip === null ? null : (this.mapped.get(vip) ?? vip);
+  }
+
+  // ---- reload (SIGHUP, ubus reload) -------------------------------------------------------------
+
+  /**
+   * Takes a new configuration in place where it can: published hosts (registered or
+   * deregistered one by one, the LAN translation applied again), LAN interfaces, the NTMobile
+   * and relayed domains, the log level, the lease file. No tunnel is touched by these. Any other
+   * change (name, account, AS, port, TUN, suite, …) needs a restart of the daemon, which the
+   * caller does (`restart: true`): those are what every tunnel was made with.
+   */
+  async reload(next: RouterConfig): Promise<{ changed: string[]; restart: boolean }> {
+    const changed = changedSettings(this.config, next);
+    const restart = changed.filter((k) => !LIVE_SETTINGS.includes(k));
+    if (changed.length === 0 || restart.length > 0) return { changed, restart: restart.length > 0 };
+    const before = this.config;
+    this.config = next;
+    this.logger.level = next.logLevel;
+    this.dnsHook?.setDomains([...new Set([...next.dns.domains, ...next.general.viaRelay])]);
+    if (next.publish.some((p) => p.mac !== null)) this.leases.start(next.dhcpLeases);
+    else this.leases.stop();
+    if (this.state === 'ready' && this.session !== null && this.dc !== null) {
+      const gone = before.publish.filter((p) => !next.publish.some((q) => q.name === p.name));
+      for (const p of gone) {
+        this.channel.send('deregistration', { name: p.name }, this.dcKey(), this.dc);
+        this.registered.delete(p.name);
+      }
+      const added = next.publish.filter((p) => !this.registered.has(p.name));
+      if (added.length > 0) {
+        const local = await this.localEndpoint();
+        for (const p of added) {
+          try {
+            await this.registerName(p.name, local);
+          } catch (e) {
+            this.logger.error(`reload: ${(e as Error).message}`);
+          }
+        }
+      }
+    }
+    await this.applyLan();
+    this.logger.info(`reload: ${changed.join(', ')} applied; ${this.tunnels.peers.size} tunnel(s) kept`);
+    return { changed, restart: false };
+  }
+
+  /**
+   * OpenWrt's hotplug says an interface went up or down (ifup/ifdown): check the uplink now
+   * instead of waiting for the debounced rtnetlink events. The monitor handles a change once,
+   * whoever noticed it first, so the hint never causes a second handover.
+   */
+  uplinkHint(args: Record<string, unknown>): object {
+    this.logger.debug(`hotplug: ${String(args.action ?? '?')} ${String(args.interface ?? '?')} (${String(args.device ?? '?')})`);
+    if (this.uplinkStarted) this.uplink.check();
+    return { uplink: this.uplink.address, handovers: this.counters.handovers };
   }
 
   // ---- the local API ---------------------------------------------------------------------------
@@ -712,7 +781,8 @@ export class RouterDaemon {
     }
     this.channel.close();
     await this.dnsHook?.stop();
-    await this.lan.remove().catch((e: Error) => this.log(`nftables: ${e.message}`));
+    this.leases.stop();
+    await this.lan.remove().catch((e: Error) => this.logger.error(`nftables: ${e.message}`));
     this.engine?.stop();
     await this.api.stop();
   }
@@ -784,4 +854,18 @@ function ignoreExists(e: Error): void {
 
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms).unref());
+}
+
+/** Settings a reload applies in place (router/daemon.ts reload); a change of any other restarts. */
+const LIVE_SETTINGS = ['publish', 'lan', 'dns.domains', 'general', 'logLevel', 'dhcpLeases'];
+
+/** Top-level settings (and dns.* ones) whose values differ. */
+function changedSettings(a: RouterConfig, b: RouterConfig): string[] {
+  const out: string[] = [];
+  for (const k of Object.keys(b) as (keyof RouterConfig)[]) {
+    if (k === 'dns') {
+      for (const d of Object.keys(b.dns) as (keyof RouterConfig['dns'])[]) if (JSON.stringify(a.dns[d]) !== JSON.stringify(b.dns[d])) out.push(`dns.${d}`);
+    } else if (JSON.stringify(a[k]) !== JSON.stringify(b[k])) out.push(k);
+  }
+  return out;
 }

@@ -61,7 +61,7 @@ interface Resolved {
 export class DnsHook {
   readonly counters = new DnsHookCounters();
   private readonly listener: DnsListener;
-  private readonly domains: string[];
+  private domains: string[];
   private readonly timeoutMs: number;
   private readonly ttl: number;
   private readonly negativeTtl: number;
@@ -70,14 +70,11 @@ export class DnsHook {
   private readonly resolving = new Map<string, { result: Promise<Resolved>; controller: AbortController }>();
 
   constructor(private readonly options: DnsHookOptions) {
-    this.domains = options.domains.map(normalizeName);
+    this.domains = checkedDomains(options.domains);
     this.timeoutMs = options.timeoutMs ?? 3000;
     this.ttl = options.ttl ?? 30;
     this.negativeTtl = options.negativeTtl ?? 5;
     this.now = options.now ?? Date.now;
-    if (this.domains.length === 0) throw new DnsConfigError('dns-hook: domains is empty');
-    const root = options.domains.findIndex((d) => normalizeName(d) === '');
-    if (root >= 0) throw new DnsConfigError(`dns-hook: domains[${root}] is the root, which would take every name`);
     for (const [field, value] of [['timeoutMs', this.timeoutMs], ['ttl', this.ttl], ['negativeTtl', this.negativeTtl]] as const) {
       if (!Number.isFinite(value) || value < 0) throw new DnsConfigError(`dns-hook: ${field} ${value} is not a non-negative number`);
     }
@@ -91,6 +88,11 @@ export class DnsHook {
       tcpIdleMs: options.tcpIdleMs,
       maxTcpConnections: options.maxTcpConnections,
     });
+  }
+
+  /** New domains (a config reload); names outside them are refused from now on, cached answers stay. */
+  setDomains(domains: string[]): void {
+    this.domains = checkedDomains(domains);
   }
 
   /** The bound port once started. */
@@ -185,4 +187,11 @@ export class DnsHook {
     this.cache.set(name, resolved);
     return resolved;
   }
+}
+
+function checkedDomains(domains: string[]): string[] {
+  if (domains.length === 0) throw new DnsConfigError('dns-hook: domains is empty');
+  const root = domains.findIndex((d) => normalizeName(d) === '');
+  if (root >= 0) throw new DnsConfigError(`dns-hook: domains[${root}] is the root, which would take every name`);
+  return domains.map(normalizeName);
 }
