@@ -173,7 +173,9 @@ export class BlobWriter {
   /** A blobmsg attribute: extended header, name, then the payload. */
   putField(type: BlobmsgTypeCode, name: string, payload: Uint8Array): void {
     const at = this.openField(type, name);
-    this.buf.set(payload, this.reserve(pad(payload.length)));
+    // reserve() may replace this.buf: take the offset first
+    const dataAt = this.reserve(pad(payload.length));
+    this.buf.set(payload, dataAt);
     this.setHeader(at, type, true, this.len - at - (pad(payload.length) - payload.length));
   }
 

@@ -282,6 +282,8 @@ export interface UbusClientOptions {
 
 export interface UbusClientStats {
   connects: number;
+  /** Connection attempts that failed (ubusd absent, no HELLO ...). */
+  failedConnects: number;
   disconnects: number;
   /** Frames that broke the framing: the connection was closed. */
   malformedFrames: number;
@@ -313,7 +315,7 @@ type IdOwner = { kind: 'object'; obj: PublishedObject } | { kind: 'events'; sub:
  * (Error: why).
  */
 export class UbusClient extends EventEmitter {
-  readonly stats: UbusClientStats = { connects: 0, disconnects: 0, malformedFrames: 0, droppedMessages: 0 };
+  readonly stats: UbusClientStats = { connects: 0, failedConnects: 0, disconnects: 0, malformedFrames: 0, droppedMessages: 0 };
   /** ubusd's id of this client in the current connection. */
   localId: number | null = null;
 
@@ -399,6 +401,7 @@ export class UbusClient extends EventEmitter {
         this.failedAttempts = 0;
       },
       (e: Error) => {
+        this.stats.failedConnects++;
         if (this.failedAttempts++ === 0) this.log(`ubus: cannot connect to ${this.socketPath} (${e.message})${this.keepTrying ? ': retrying in the background' : ''}`);
         if (this.keepTrying) this.scheduleRetry();
         throw new UbusError(UbusStatus.CONNECTION_FAILED, `ubus: connect ${this.socketPath}`, { cause: e });
