@@ -59,6 +59,8 @@ export const NAMES = {
   ra: 'ra.fleet1.test',
   rb: 'rb.fleet2.test',
   b2: 'b2.rb.fleet2.test',
+  /** Bound to router A's account; router A publishes it only where a test does. */
+  a1: 'a1.ra.fleet1.test',
   rs1: 'rs1.relay.test',
   /** The routers reach names under this domain through an RS (general.viaRelay). */
   general: 'general.test',
@@ -203,11 +205,41 @@ export interface FleetOptions {
   // ---- notification (issue 5, docs/ns.md) ----
   /** An NS (ns1.notify.test) for the DCs, and these routers in MQTT mode. */
   notify?: { routers: ('ra' | 'rb')[]; broker?: BrokerKind };
+  /**
+   * Routers that are brought up by the caller instead (an OpenWrt router: the package installed
+   * in the userland, configured through UCI, run by procd): the fleet builds their host and LAN
+   * but starts neither dnsmasq nor the daemon there, and calls this with what a config needs.
+   */
+  external?: Partial<Record<'ra' | 'rb', (setup: RouterSetup) => Promise<FleetRouter>>>;
   // ---- memory (bench/memory.ts) ----
   /** Node flags router A's daemon runs with (the router's NODE_FLAGS), also after a restart. */
   raNodeFlags?: string[];
   /** The AS's login limits (servers/as): a swarm of nodes logging in from one address needs more than 20 a minute. */
   asLimits?: Partial<LoginLimits>;
+}
+
+/** What a router of the fleet is configured with (the fleet's own JSON config, or UCI). */
+export interface RouterSetup {
+  tag: 'ra' | 'rb';
+  host: Host;
+  name: string;
+  email: string;
+  password: string;
+  /** The router's X25519 private key (raw, base64, one line), bound to its account at the AS. */
+  keyFile: string;
+  asUrl: string;
+  /** The operator CA (AS, DC and RS certificates). */
+  caFile: string;
+  resolvers: string[];
+  /** Fixed DC addresses by zone (an IPv6-only router), else empty. */
+  dc: Record<string, string>;
+  publish: { name: string; address: string }[];
+  lanInterface: string;
+  lanAddress: string;
+  /** The zones the LAN resolves through the router (forwarded by its dnsmasq to the DNS hook). */
+  domains: string[];
+  viaRelay: string[];
+  suite: 'aes-gcm' | 'chacha20-poly1305';
 }
 
 export async function buildFleet(lab: Lab, o: FleetOptions): Promise<Fleet> {
@@ -257,7 +289,7 @@ export async function buildFleet(lab: Lab, o: FleetOptions): Promise<Fleet> {
   const storePath = path.join(dir, 'accounts.json');
   const store = AccountStore.open(storePath, { create: true, scryptN: 2 ** 14 });
   await store.addAccount('ra@fleet1.test', 'router-a-secret');
-  store.bindNames('ra@fleet1.test', [NAMES.ra]);
+  store.bindNames('ra@fleet1.test', [NAMES.ra, NAMES.a1]);
   store.setPublicKey('ra@fleet1.test', keyA.publicKey.toString('base64url'));
   await store.addAccount('rb@fleet2.test', 'router-b-secret');
   store.bindNames('rb@fleet2.test', [NAMES.rb, NAMES.b2]);
@@ -333,6 +365,7 @@ export async function buildFleet(lab: Lab, o: FleetOptions): Promise<Fleet> {
   const siteA = net.sites['a']!;
   const siteB = place.sameSite ? siteA : net.sites['b']!;
   const makeRouter = async (tag: 'ra' | 'rb', site: Site, lanAddr: string, lanHosts: [string, string][], ipv6Only = false): Promise<{ host: Host; hosts: Record<string, Host>; uplink: string }> => {
+    const external = o.external?.[tag] !== undefined;
     const host = await lab.host(tag, { forwarding: true });
     const a = site.allocate();
     if (ipv6Only && (a.address6 === undefined || site.gateway6 === undefined)) throw new Error(`buildFleet: site ${site.name} has no IPv6 (a NAT site)`);
@@ -347,7 +380,8 @@ export async function buildFleet(lab: Lab, o: FleetOptions): Promise<Fleet> {
       h.setResolvers([lanAddr]);
       hosts[name] = h;
     }
-    await startDnsmasq(host, {
+    if (!external)
+      await startDnsmasq(host, {
       listen: [lanAddr],
       forward: [
         { domain: NAMES.zoneA, server: '127.0.0.1#5353' },
@@ -373,8 +407,29 @@ export async function buildFleet(lab: Lab, o: FleetOptions): Promise<Fleet> {
   // How a router reaches the AS, the resolver and its DC. An IPv6-only router uses their IPv6
   // addresses, and its DC is configured (the NS lookup would answer with the DC's IPv4 address).
   const reach4 = { as: { url: `https://${as.addr}:8443`, ca: asCert.caFile }, resolvers: [res.addr] };
-  const reach6 = (zone: string, dc6: string): object => ({ as: { url: `https://[${as.addr6}]:8443`, ca: asCert.caFile }, resolvers: [res.addr6], dc: { [zone]: dc6 } });
-  const startRouter = async (tag: 'ra' | 'rb', host: Host, name: string, email: string, password: string, publish: object[], reach: object): Promise<FleetRouter> => {
+  const reach6 = (zone: string, dc6: string): { as: { url: string; ca: string }; resolvers: string[]; dc: Record<string, string> } => ({ as: { url: `https://[${as.addr6}]:8443`, ca: asCert.caFile }, resolvers: [res.addr6], dc: { [zone]: dc6 } });
+  const startRouter = async (tag: 'ra' | 'rb', host: Host, name: string, email: string, password: string, publish: { name: string; address: string }[], reach: { as: { url: string; ca: string }; resolvers: string[]; dc?: Record<string, string> }): Promise<FleetRouter> => {
+    const external = o.external?.[tag];
+    if (external !== undefined) {
+      return external({
+        tag,
+        host,
+        name,
+        email,
+        password,
+        keyFile: path.join(dir, `${tag}.key`),
+        asUrl: reach.as.url,
+        caFile: reach.as.ca,
+        resolvers: reach.resolvers,
+        dc: reach.dc ?? {},
+        publish,
+        lanInterface: 'lan0',
+        lanAddress: tag === 'ra' ? LAN.ra : LAN.rb,
+        domains: [NAMES.zoneA, NAMES.zoneB],
+        viaRelay: [NAMES.general],
+        suite: o.suite ?? 'aes-gcm',
+      });
+    }
     const configPath = path.join(dir, `${tag}.json`);
     const socket = path.join(dir, `${tag}.sock`);
     writeFileSync(path.join(dir, `${tag}.password`), `${password}\n`, { mode: 0o600 });

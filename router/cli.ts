@@ -11,6 +11,10 @@ import { apiCall } from './api.js';
 import { loadRouterConfig, RouterConfigError, type RouterConfig } from './config.js';
 import { createLogger } from './log.js';
 import { loadUciConfig } from './uci-config.js';
+import { UbusApi } from './ubus-api.js';
+
+/** Where OpenWrt's ubusd listens. */
+const DEFAULT_UBUS_SOCKET = '/var/run/ubus/ubus.sock';
 import { RouterDaemon } from './daemon.js';
 
 const USAGE = `Usage: ntmobile <command> [options]
@@ -22,6 +26,8 @@ Commands:
   router --uci CONFIG    The same, configured from UCI (/etc/config/CONFIG, normally
                          ntmobile; docs/openwrt.md). SIGHUP re-reads it.
   router … --check       Validate the configuration and exit (0 valid, 2 invalid).
+  router … --ubus PATH   Publish the ubus object \`ntmobile\` on this ubusd socket (default with
+                         --uci: /var/run/ubus/ubus.sock; docs/ubus.md).
   status                 The running daemon's state, registrations and counters.
   peers                  Tunnels: peer node, names and VIPs, path, bytes each way, last traffic.
   ping NAME [-c N]       Resolve NAME through NTMobile (sets up the tunnel) and ping its VIP.
@@ -106,6 +112,7 @@ async function router(argv: string[]): Promise<void> {
     options: {
       config: { type: 'string' },
       uci: { type: 'string' },
+      ubus: { type: 'string' },
       check: { type: 'boolean', default: false },
       verbose: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
@@ -132,11 +139,31 @@ async function router(argv: string[]): Promise<void> {
   }
   const logger = createLogger(values.verbose ? 'debug' : config.logLevel);
   let daemon = new RouterDaemon(config, logger);
+  // On OpenWrt (--uci) the local API is also the ubus object `ntmobile` (docs/ubus.md); it
+  // belongs to the process, so it stays published across an in-process restart of the daemon.
+  const ubus =
+    values.uci !== undefined || values.ubus !== undefined
+      ? new UbusApi(
+          values.ubus ?? DEFAULT_UBUS_SOCKET,
+          {
+            status: async () => daemon.status(),
+            peers: async () => daemon.peers(),
+            ping: (a) => daemon.ping(a),
+            handover: async (a) => daemon.uplinkHint(a),
+            reload: () => reload(),
+          },
+          (l) => logger.info(l),
+        )
+      : null;
+  const attach = (d: RouterDaemon): void => {
+    if (ubus !== null) d.onEvent = (type, data) => void ubus.event(type, data);
+  };
+  attach(daemon);
   let stopping = false;
   const stop = (): void => {
     if (stopping) return;
     stopping = true;
-    void daemon.stop().then(() => process.exit(0));
+    void Promise.all([daemon.stop(), ubus?.stop()]).then(() => process.exit(0));
   };
   // SIGHUP (procd's reload, `ubus call ntmobile reload`): an invalid new config is logged and the
   // running one stays; a change the daemon cannot take in place restarts it inside this process.
@@ -158,6 +185,7 @@ async function router(argv: string[]): Promise<void> {
         await daemon.stop();
         logger.level = next.logLevel;
         daemon = new RouterDaemon(next, logger);
+        attach(daemon);
         await daemon.start();
       }
       return r;
@@ -169,6 +197,7 @@ async function router(argv: string[]): Promise<void> {
   process.on('SIGTERM', stop);
   process.on('SIGHUP', () => void reload().catch(() => undefined));
   process.on('SIGUSR1', () => process.stderr.write(`${JSON.stringify(daemon.status())}\n`));
+  await ubus?.start();
   await daemon.start();
   process.stdout.write(`ready ${config.name} port ${config.listen.port}\n`);
 }

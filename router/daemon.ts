@@ -143,6 +143,8 @@ export class RouterDaemon {
   private natKeepaliveTimer: NodeJS.Timeout | null = null;
 
   private readonly leases: DhcpLeases;
+  /** Events for the outside (OpenWrt: ubus events ntmobile.handover, ntmobile.peer). */
+  onEvent: ((type: string, data: Record<string, unknown>) => void) | null = null;
   /** The protocol sequence (debug level); lifecycle lines use `logger` directly. */
   private readonly log: (line: string) => void;
 
@@ -180,6 +182,7 @@ export class RouterDaemon {
       retransmit: FAST,
       directRetransmit: DIRECT_FIRST_TRY,
       sendDummy: (t) => void this.engine?.sendDummy(t),
+      onPeerUp: (p) => this.onEvent?.('ntmobile.peer', { event: 'up', ...peerView(p) }),
       log: (l) => this.log(l),
     });
     if (config.notify !== null) {
@@ -499,6 +502,7 @@ export class RouterDaemon {
     if (!rebinding) this.notify?.reconnect();
     this.lastHandover = { at, reason, from, to, ms: Date.now() - at, registered, tunnels: results };
     this.logger.info(`handover done in ${this.lastHandover.ms} ms: ${results.map((r) => `${r.node} ${r.result}`).join(', ') || 'no tunnels'}`);
+    this.onEvent?.('ntmobile.handover', { ...this.lastHandover });
     this.retryFailedMoves(results, MOVE_RETRY_FIRST_MS, 0);
   }
 
@@ -747,7 +751,7 @@ export class RouterDaemon {
     return [...this.tunnels.peers.values()].map((p) => ({ ...peerView(p), mapped: [...p.tunnel.vips4].map(numberToIpv4).filter((v) => this.mapped.has(v)).map((v) => ({ vip: v, shownAs: this.mapped.get(v) })) }));
   }
 
-  private async ping(args: Record<string, unknown>): Promise<object> {
+  async ping(args: Record<string, unknown>): Promise<object> {
     const name = args.name;
     const count = args.count ?? 3;
     if (typeof name !== 'string' || name.length === 0) throw new Error('ping: "name" is required');
@@ -788,7 +792,7 @@ export class RouterDaemon {
   }
 }
 
-function peerView(p: PeerInfo): object {
+function peerView(p: PeerInfo): Record<string, unknown> {
   const t = p.tunnel;
   const path = t.endpoint ? formatEndpoint(decodeSockaddr(t.endpoint)) : null;
   return {
@@ -804,6 +808,9 @@ function peerView(p: PeerInfo): object {
     lastTx: t.stats.lastTx || null,
     lastRx: t.stats.lastRx || null,
     rekeys: p.rekeys,
+    /** The SAs in use (a reload that must not touch tunnels keeps them). */
+    spiOut: t.outbound.spi,
+    spiIn: t.inbound.spi,
   };
 }
 

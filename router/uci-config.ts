@@ -179,6 +179,7 @@ export function loadUciConfig(config = 'ntmobile', uci: UciAccess = systemUci): 
   const devices = (opt: string, field: string, def: string[]): void => {
     const v = main.options.get(opt);
     const list = v === undefined ? def : Array.isArray(v) ? v : v.split(/\s+/).filter(Boolean);
+    if (v === undefined && list.length === 0) return;
     names.set(field, at(main, opt));
     setPath(
       json,

@@ -37,3 +37,16 @@ echo "setup: npm ci" >&2
 npm ci --no-audit --no-fund --loglevel=error
 echo "setup: build" >&2
 npm run build --silent
+
+# The real OpenWrt userland (ubusd, procd, uci, opkg, fw4, LuCI …) the OpenWrt tests install the
+# package into: built once from its sources (about a minute), a no-op afterwards.
+userland=${OWRT_USERLAND:-}
+for d in "$userland" "$PWD/../shared/openwrt-userland" /work/shared/openwrt-userland; do
+  if [ -n "$d" ] && [ -x "$d/build.sh" ]; then userland=$d; break; fi
+done
+if [ -z "$userland" ] || [ ! -x "$userland/build.sh" ]; then
+  echo "setup: the OpenWrt userland is missing (../shared/openwrt-userland; set OWRT_USERLAND)" >&2
+  exit 1
+fi
+echo "setup: OpenWrt userland ($userland)" >&2
+"$userland/build.sh" --deps >/dev/null

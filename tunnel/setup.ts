@@ -102,6 +102,8 @@ export interface TunnelManagerOptions {
   spiTaken?: (spi: number) => boolean;
   /** Sends one dummy ESP packet (RFC 4303 §2.6) to the tunnel's endpoint on its outbound SA (the engine). */
   sendDummy?: (t: Tunnel) => void;
+  /** A tunnel to a new peer is up (the router's ntmobile.peer event). */
+  onPeerUp?: (peer: PeerInfo) => void;
   log: (line: string) => void;
 }
 
@@ -311,6 +313,7 @@ export class TunnelManager {
       this.peers.set(route.peerNode, peer);
       this.counters.established++;
       this.o.log(`tunnel to ${route.peerNode} up (${initiator ? 'we initiated' : 'peer initiated'}), endpoint ${fmtSockaddr(from)}${path === 'relay' ? ` (relay ${route.via})` : ''}`);
+      this.o.onPeerUp?.(peer);
     } else {
       const sameRoute = peer.route.routeId === route.routeId;
       const outboundBefore = peer.tunnel.outbound.spi;

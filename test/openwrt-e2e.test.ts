@@ -1,0 +1,296 @@
+// End to end on a real OpenWrt userland (issue: the OpenWrt package): router A of the fleet is an
+// OpenWrt router — the shared userland's ubusd, procd, uci, opkg, fw4 and dnsmasq init script,
+// running in router A's namespace — with the ntmobile .ipk installed by the real opkg (postinst
+// and uci-defaults run), configured through UCI and run by procd. Router B, the AS, the DCs and
+// the RS are the fleet's own ('b-nat': router A has a global address behind fw4's WAN zone, so
+// router B's Tunnel Requests and the DC's directions only get in through the package's WAN rule).
+//
+// The userland is glibc with this machine's Node, so the .ipk installed here is the variant whose
+// addon is built for the host (`build-ipk --host-addon`); the musl .ipk is checked by
+// test/ipk.test.ts. Everything runs in the lab's namespaces; the instance is removed at the end.
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import t, { type Test } from 'tap';
+import { Lab, type Host } from '../lab/lab.js';
+import { buildFleet, HANDOVER_SITES, LAN, NAMES, type Fleet, type FleetRouter, type RouterSetup } from '../lab/fleet.js';
+import { serveRandomFile } from '../lab/http.js';
+import { startOpenWrt, type OpenWrt } from '../lab/openwrt.js';
+import { startSession } from '../lab/traffic.js';
+import { apiCall } from '../router/api.js';
+
+const REPO = fileURLToPath(new URL('../..', import.meta.url));
+const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** Builds the host-addon .ipk (the same builder as `npm run build:ipk`) and returns its path. */
+function hostIpk(): string {
+  execFileSync(process.execPath, [path.join(REPO, 'dist/openwrt/build-ipk.js'), '--host-addon'], { cwd: REPO, stdio: ['ignore', 'ignore', 'inherit'] });
+  const dir = path.join(REPO, 'build/ipk/host');
+  const ipk = readdirSync(dir).find((f) => /^ntmobile_.*_x86_64\.ipk$/.test(f));
+  if (ipk === undefined) throw new Error(`no ntmobile .ipk in ${dir}`);
+  return path.join(dir, ipk);
+}
+
+interface PeerRow {
+  node: string;
+  path: string | null;
+  route: string;
+  spiOut: number;
+  spiIn: number;
+}
+interface Status {
+  state: string;
+  error: string | null;
+  registered: { name: string; vip4: string | null }[];
+  uplink: { address: string | null; handovers: number };
+  counters: { daemon: { handovers: number } };
+}
+
+/** Polls `check` until it returns a value (not undefined) or the deadline passes. */
+async function waitFor<T>(what: string, timeoutMs: number, check: () => Promise<T | undefined>): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown = null;
+  for (;;) {
+    try {
+      const v = await check();
+      if (v !== undefined) return v;
+    } catch (e) {
+      last = e;
+    }
+    if (Date.now() > deadline) throw new Error(`${what}: not within ${timeoutMs} ms${last ? ` (${(last as Error).message})` : ''}`);
+    await sleep(100);
+  }
+}
+
+/** a1 (or another LAN host) fetches a URL by name; the bytes' SHA-256. */
+async function fetchSha(host: Host, url: string): Promise<string> {
+  const r = await host.sh(`curl -sf --max-time 20 ${url} | sha256sum`, { allowFail: true, timeoutMs: 30_000 });
+  if (r.code !== 0) throw new Error(`${host.name}: curl ${url}: exit ${r.code} ${r.stderr}`);
+  return r.stdout.split(/\s+/)[0]!;
+}
+
+let owrt: OpenWrt | null = null;
+let procdPid = async (): Promise<number | null> => null;
+
+/** Router A as OpenWrt: userland in its namespace, the .ipk by opkg, UCI, procd. */
+async function openwrtRouter(lab: Lab, ipk: string, setup: RouterSetup, t0: Test): Promise<FleetRouter> {
+  const o = await startOpenWrt(lab, setup.host, { bwrapArgs: ['--dev-bind', '/dev/net/tun', '/dev/net/tun'] });
+  owrt = o;
+  const installed = await o.install(ipk);
+  t0.equal(installed.code, 0, `opkg install ${path.basename(ipk)}`);
+  if (installed.code !== 0) throw new Error(`opkg install: ${installed.stdout}${installed.stderr}`);
+  t0.match(await o.run('opkg list-installed ntmobile'), /^ntmobile - /m, 'opkg lists ntmobile as installed');
+  t0.equal((await o.run('uci -q get firewall.ntmobile.name')).trim(), 'ntmobile', 'uci-defaults added the fw4 zone ntmobile');
+
+  // The key bound to the account at the AS, and the operator's CA.
+  mkdirSync(path.join(o.root, 'etc/ntmobile'), { recursive: true, mode: 0o700 });
+  copyFileSync(setup.keyFile, path.join(o.root, 'etc/ntmobile/node.key'));
+  copyFileSync(setup.caFile, path.join(o.root, 'etc/ntmobile/ca.pem'));
+  // What netifd would know on a router: the lab's devices behind the logical interfaces, and
+  // fw4's zones on them (without netifd, fw4 takes zone devices only from UCI).
+  await o.run(
+    [
+      'uci set network.lan=interface',
+      `uci set network.lan.device=${setup.lanInterface}`,
+      'uci set network.wan=interface',
+      'uci set network.wan.device=eth0',
+      'uci commit network',
+      `uci add_list firewall.@zone[0].device=${setup.lanInterface}`,
+      'uci add_list firewall.@zone[1].device=eth0',
+      'uci commit firewall',
+      '/etc/init.d/firewall enable',
+      '/etc/init.d/firewall start',
+    ].join(' && '),
+  );
+  const list = (opt: string, values: string[]): string => [`uci -q delete ntmobile.main.${opt}`, ...values.map((v) => `uci add_list ntmobile.main.${opt}='${v}'`)].join('; ');
+  await o.run(
+    [
+      'uci set ntmobile.main.enabled=1',
+      `uci set ntmobile.main.name='${setup.name}'`,
+      `uci set ntmobile.main.email='${setup.email}'`,
+      `uci set ntmobile.main.password='${setup.password}'`,
+      `uci set ntmobile.main.as_url='${setup.asUrl}'`,
+      `uci set ntmobile.main.suite='${setup.suite}'`,
+      'uci set ntmobile.main.log_level=debug',
+      list('lan', ['lan']),
+      list('domain', setup.domains),
+      list('via_relay', setup.viaRelay),
+      list('resolver', setup.resolvers),
+      'uci commit ntmobile',
+      '/etc/init.d/ntmobile enable',
+      '/etc/init.d/ntmobile start',
+      '/etc/init.d/dnsmasq enable',
+      '/etc/init.d/dnsmasq start',
+    ].join('; '),
+  );
+  const socket = path.join(o.root, 'tmp/run/ntmobile.sock');
+  const api = (cmd: string, args: Record<string, unknown> = {}): Promise<unknown> => apiCall(socket, cmd, args, 10_000);
+  await waitFor('router A (OpenWrt) registered', 30_000, async () => ((await api('status')) as Status).state === 'ready' || undefined).catch((e: Error) => {
+    throw new Error(`${e.message}\n--- procd log:\n${o.procdLog().slice(-3000)}`);
+  });
+  procdPid = async () => {
+    const r = await o.exec(['ubus', 'call', 'service', 'list', '{"name":"ntmobile"}']);
+    const pid = (JSON.parse(r.stdout || '{}') as { ntmobile?: { instances?: { main?: { pid?: number; running?: boolean } } } }).ntmobile?.instances?.main;
+    return pid?.running ? (pid.pid ?? null) : null;
+  };
+  return {
+    host: setup.host,
+    name: setup.name,
+    // procd owns the daemon: stop and restart it through the init script and ubus, not as a lab program
+    program: {
+      host: setup.host,
+      process: null as never,
+      logFile: '',
+      log: () => o.procdLog(),
+      stop: async () => void (await o.run('/etc/init.d/ntmobile stop')),
+    },
+    configPath: '/etc/config/ntmobile',
+    socket,
+    api,
+  };
+}
+
+t.test('OpenWrt: the .ipk on a real userland, in a fleet', async (t) => {
+  const ipk = hostIpk();
+  const lab = await Lab.create('openwrt-e2e');
+  let fleet: Fleet | null = null;
+  t.teardown(async () => {
+    if (owrt !== null) await owrt.remove();
+    fleet?.dispose();
+    await lab.destroy();
+  });
+  try {
+    fleet = await buildFleet(lab, { case: 'b-nat', verbose: false, extraSites: { d: HANDOVER_SITES.d! }, external: { ra: (setup) => openwrtRouter(lab, ipk, setup, t) } });
+  } catch (e) {
+    lab.dumpLogs();
+    throw e;
+  }
+  const f = fleet;
+  const o = owrt!;
+
+  // ---- up, by procd, answering on ubus, reachable by name ----------------------------------
+  const ubusStatus = JSON.parse(await o.run('ubus call ntmobile status')) as Status;
+  t.equal(ubusStatus.state, 'ready', 'ubus call ntmobile status: registered');
+  t.ok(ubusStatus.registered.some((r) => r.name === NAMES.ra && r.vip4), `ubus status shows ${NAMES.ra} with its VIP`);
+  const badArg = await o.exec(['ubus', 'call', 'ntmobile', 'ping', '{"name": 5}']);
+  t.not(badArg.code, 0, 'ubus call ntmobile ping {"name": 5}: refused');
+  t.match(badArg.stderr + badArg.stdout, /Invalid argument/, '… as an invalid argument');
+  t.match(await o.run('ubus list ntmobile'), /^ntmobile$/m, 'the daemon still answers on ubus after the bad call');
+  t.match(await o.run('uci -q get dhcp.@dnsmasq[0].server'), new RegExp(`/${NAMES.zoneB}/127\\.0\\.0\\.1#5353`), "dnsmasq forwards the NTMobile zones to the daemon's DNS hook");
+
+  const data = await serveRandomFile(f.b2, { dir: f.dir, bind: LAN.b2, size: 4 << 20 });
+  const url = `http://${NAMES.b2}:8080/f`;
+  t.equal(await fetchSha(f.a1, url), sha(data), `a1 fetches 4 MB from ${NAMES.b2} by name through the OpenWrt router (SHA-256 equal)`);
+  const nft = await f.ra.host.exec('nft', ['list', 'tables']);
+  t.match(nft.stdout, /table inet fw4/, "fw4's table is loaded");
+  t.match(nft.stdout, /table inet ntmobile/, "the daemon's table is loaded beside it");
+  const peerB = async (): Promise<PeerRow> => {
+    const p = ((await f.ra.api('peers')) as PeerRow[]).find((x) => x.node === NAMES.rb);
+    if (p === undefined) throw new Error('router A has no tunnel to router B');
+    return p;
+  };
+  const before = await peerB();
+
+  // ---- fw4 reload: both tables, tunnel unchanged ---------------------------------------------
+  await o.run('fw4 reload');
+  t.match((await f.ra.host.exec('nft', ['list', 'tables'])).stdout, /table inet ntmobile/, "fw4 reload leaves the daemon's table");
+  t.equal(await fetchSha(f.a1, url), sha(data), 'after fw4 reload a1 still fetches from b2 by name');
+
+  // ---- reload with nothing changed: same SAs, same process -------------------------------------
+  const pid0 = await procdPid();
+  t.ok(pid0, `procd runs the daemon (pid ${pid0})`);
+  await o.run('uci commit ntmobile; /etc/init.d/ntmobile reload');
+  await waitFor('reload taken', 10_000, async () => (/reload: /.test(o.procdLog()) ? true : undefined)).catch(() => undefined);
+  const same = await peerB();
+  t.same([same.spiOut, same.spiIn], [before.spiOut, before.spiIn], 'a reload with nothing changed keeps the tunnel (same SPIs)');
+  t.equal(await procdPid(), pid0, '… and the same daemon process');
+
+  // ---- publish a LAN host by MAC (address from the DHCP leases), reload ----------------------
+  const mac = (await f.a1.exec('cat', ['/sys/class/net/eth0/address'])).stdout.trim();
+  await o.run(`echo "$(( $(date +%s) + 3600 )) ${mac} ${LAN.a1} a1 01:${mac}" > /tmp/dhcp.leases`);
+  await o.run(`uci add ntmobile publish >/dev/null; uci set ntmobile.@publish[-1].name='${NAMES.a1}'; uci set ntmobile.@publish[-1].mac='${mac}'; uci commit ntmobile; /etc/init.d/ntmobile reload`);
+  await waitFor(`${NAMES.a1} registered after the reload`, 15_000, async () => ((await f.ra.api('status')) as Status).registered.some((r) => r.name === NAMES.a1 && r.vip4) || undefined);
+  const kept = await peerB();
+  t.same([kept.spiOut, kept.spiIn], [before.spiOut, before.spiIn], 'publishing a host dropped no tunnel (same SPIs)');
+  t.equal(await procdPid(), pid0, '… and did not restart the daemon');
+  const dataA1 = await serveRandomFile(f.a1, { dir: f.dir, bind: LAN.a1, size: 1 << 20 });
+  t.equal(await fetchSha(f.b2, `http://${NAMES.a1}:8080/f`), sha(dataA1), `b2 reaches the newly published ${NAMES.a1} by name (by MAC ${mac}, from the leases)`);
+
+  // ---- bad UCI: reload keeps the running config; a start does not start ---------------------
+  for (const [what, set, field] of [
+    ['an unknown suite', "uci set ntmobile.main.suite='rot13'", /ntmobile\.main\.suite: "rot13"/],
+    ['a port out of range', "uci set ntmobile.main.port='70000'", /ntmobile\.main\.port: 70000 is not an integer/],
+    ['a published host without an address', `uci add ntmobile publish >/dev/null; uci set ntmobile.@publish[-1].name='cam.${NAMES.ra}'`, /ntmobile\.cfg[0-9a-f]+\.ip: required/],
+  ] as const) {
+    await o.run(`cp /etc/config/ntmobile /tmp/ntmobile.good; ${set}; uci commit ntmobile`);
+    const r = await o.sh('/etc/init.d/ntmobile reload');
+    t.match(r.stderr + r.stdout, field, `reload with ${what}: the reason, naming the UCI option`);
+    t.equal(await procdPid(), pid0, `reload with ${what}: the daemon keeps running`);
+    t.equal(((await f.ra.api('status')) as Status).state, 'ready', `reload with ${what}: still registered`);
+    t.equal(await fetchSha(f.a1, url), sha(data), `reload with ${what}: a1 still fetches from b2 by name`);
+    if (what === 'an unknown suite') {
+      await o.run('/etc/init.d/ntmobile stop');
+      const s = await o.sh('/etc/init.d/ntmobile start');
+      t.match(s.stderr + s.stdout, field, 'start with an invalid config: the reason');
+      t.equal(await procdPid(), null, 'start with an invalid config: nothing started');
+      t.notMatch((await f.ra.host.exec('ip', ['-o', 'link'])).stdout, /ntm0/, '… no TUN device');
+      t.notMatch((await f.ra.host.exec('nft', ['list', 'tables'])).stdout, /table inet ntmobile/, '… no nftables table');
+    }
+    await o.run('cp /tmp/ntmobile.good /etc/config/ntmobile');
+    if (what === 'an unknown suite') {
+      await o.run('/etc/init.d/ntmobile start');
+      await waitFor('router A registered again', 30_000, async () => ((await f.ra.api('status')) as Status).state === 'ready' || undefined);
+    }
+  }
+  const pid1 = await procdPid();
+
+  // ---- SIGKILL: procd respawns it -------------------------------------------------------------
+  await o.run('ubus call service signal \'{"name":"ntmobile","signal":9}\'');
+  const killedAt = Date.now();
+  const pid2 = await waitFor('procd respawned the daemon', 20_000, async () => {
+    const p = await procdPid();
+    return p !== null && p !== pid1 ? p : undefined;
+  });
+  t.not(pid2, pid1, `procd restarted the killed daemon (pid ${pid1} → ${pid2})`);
+  await waitFor('status answers again', 30_000, async () => ((await f.ra.api('status')) as Status).state === 'ready' || undefined);
+  const back = await waitFor('a1 reaches b2 by name again', 60_000, async () => ((await fetchSha(f.a1, url)) === sha(data) ? Date.now() : undefined));
+  t.pass(`after SIGKILL a1 fetches from b2 by name again (${((back - killedAt) / 1000).toFixed(1)} s after the kill)`);
+
+  // ---- an uplink change and netifd's hotplug call: one handover, the transfer survives --------
+  const handovers0 = ((await f.ra.api('status')) as Status).counters.daemon.handovers;
+  const listen = o.exec(['ubus', '-t', '20', 'listen', 'ntmobile.handover'], { timeoutMs: 30_000 });
+  const session = await startSession({
+    tcp: { from: f.a1, target: NAMES.b2, to: f.b2, bind: LAN.b2, port: 9400, bytes: 8_000_000, bytesPerSecond: 2_000_000 },
+    udp: [],
+    rate: 0,
+    seconds: 0,
+  });
+  await sleep(1000); // the transfer is under way before the move
+  const moved = await f.moveRouter('ra', 'd');
+  const hot = await o.sh(`ACTION=ifup INTERFACE=wan DEVICE=eth0 sh /etc/hotplug.d/iface/90-ntmobile; echo rc=$?`);
+  t.match(hot.stdout, /rc=0/, 'the hotplug script runs as netifd would run it');
+  await waitFor('the handover', 15_000, async () => ((await f.ra.api('status')) as Status).counters.daemon.handovers > handovers0 || undefined);
+  const result = await session.finish();
+  t.ok(result.tcp.intact && result.tcp.code === 0, `the TCP transfer a1 → b2 survived the move to ${moved.address} (SHA-256 equal, ${result.tcp.retransmits} retransmits)`);
+  await o.sh(`ACTION=ifup INTERFACE=wan DEVICE=eth0 sh /etc/hotplug.d/iface/90-ntmobile`);
+  const after = ((await f.ra.api('status')) as Status).counters.daemon.handovers;
+  t.equal(after - handovers0, 1, 'one handover for the move (the hotplug hint added none)');
+  const events = await listen;
+  t.match(events.stdout, /"ntmobile\.handover"/, 'ubus listen saw the ntmobile.handover event');
+
+  // ---- opkg remove ------------------------------------------------------------------------------
+  await o.run("uci set ntmobile.main.log_level='warn'; uci commit ntmobile");
+  const removed = await o.exec(['opkg', 'remove', 'ntmobile']);
+  t.equal(removed.code, 0, 'opkg remove ntmobile');
+  t.equal(await procdPid(), null, 'the service is stopped');
+  t.notMatch((await f.ra.host.exec('nft', ['list', 'tables'])).stdout, /table inet ntmobile/, "the daemon's nftables table is gone");
+  t.notMatch((await f.ra.host.exec('ip', ['-o', 'link'])).stdout, /ntm0/, 'the TUN device is gone');
+  t.not((await o.sh('uci -q get firewall.ntmobile')).code, 0, 'the fw4 zone is gone');
+  t.notMatch((await o.sh('uci -q get dhcp.@dnsmasq[0].server')).stdout, /127\.0\.0\.1#5353/, "dnsmasq's forwarding is gone");
+  t.notOk(existsSync(path.join(o.root, 'usr/lib/ntmobile/dist/router/cli.js')), "the daemon's files are gone");
+  const conf = path.join(o.root, 'etc/config/ntmobile');
+  t.ok(existsSync(conf) && /log_level 'warn'/.test(readFileSync(conf, 'utf8')), 'the modified /etc/config/ntmobile is kept');
+});
