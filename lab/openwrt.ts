@@ -6,9 +6,11 @@
 // (stopped, rootfs deleted) with it.
 
 import { execFile } from 'node:child_process';
-import { existsSync, readFileSync, rmSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { apiCall } from '../router/api.js';
+import { type FleetRouter, type RouterSetup } from './fleet.js';
 import { type Host, type Lab } from './lab.js';
 
 const REPO = fileURLToPath(new URL('../..', import.meta.url));
@@ -120,4 +122,114 @@ export async function removeStaleInstances(liveLabIds: Set<string>): Promise<str
     gone.push(name);
   }
   return gone;
+}
+
+/** Polls `check` until it returns a value (not undefined) or the deadline passes. */
+export async function waitFor<T>(what: string, timeoutMs: number, check: () => Promise<T | undefined>): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown = null;
+  for (;;) {
+    try {
+      const v = await check();
+      if (v !== undefined) return v;
+    } catch (e) {
+      last = e;
+    }
+    if (Date.now() > deadline) throw new Error(`${what}: not within ${timeoutMs} ms${last ? ` (${(last as Error).message})` : ''}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+export interface OpenWrtRouter {
+  owrt: OpenWrt;
+  router: FleetRouter;
+  /** procd's pid of the daemon (null: not running). */
+  procdPid(): Promise<number | null>;
+}
+
+/**
+ * A fleet router as an OpenWrt router (lab/fleet.ts `external`): the userland in the router's
+ * namespace, the .ipk installed by opkg (postinst, uci-defaults), the lab's devices behind the
+ * logical interfaces lan and wan and in fw4's zones, the router's account, key and CA in UCI and
+ * /etc/ntmobile, the service enabled and started by procd, dnsmasq (OpenWrt's init script)
+ * answering the LAN. Resolves once the daemon is registered.
+ */
+export async function openwrtRouter(lab: Lab, ipk: string, setup: RouterSetup, o: { httpPort?: number } = {}): Promise<OpenWrtRouter> {
+  const owrt = await startOpenWrt(lab, setup.host, { bwrapArgs: ['--dev-bind', '/dev/net/tun', '/dev/net/tun'], ...(o.httpPort !== undefined ? { httpPort: o.httpPort } : {}) });
+  try {
+    const installed = await owrt.install(ipk);
+    if (installed.code !== 0) throw new Error(`opkg install ${ipk}: exit ${installed.code}\n${installed.stdout}${installed.stderr}`);
+    // The key bound to the account at the AS, and the operator's CA.
+    mkdirSync(path.join(owrt.root, 'etc/ntmobile'), { recursive: true, mode: 0o700 });
+    copyFileSync(setup.keyFile, path.join(owrt.root, 'etc/ntmobile/node.key'));
+    copyFileSync(setup.caFile, path.join(owrt.root, 'etc/ntmobile/ca.pem'));
+    // What netifd would know on a router: the lab's devices behind the logical interfaces, and
+    // fw4's zones on them (without netifd, fw4 takes zone devices only from UCI).
+    await owrt.run(
+      [
+        'uci set network.lan=interface',
+        `uci set network.lan.device=${setup.lanInterface}`,
+        'uci set network.wan=interface',
+        'uci set network.wan.device=eth0',
+        'uci commit network',
+        `uci add_list firewall.@zone[0].device=${setup.lanInterface}`,
+        'uci add_list firewall.@zone[1].device=eth0',
+        'uci commit firewall',
+        '/etc/init.d/firewall enable',
+        '/etc/init.d/firewall start',
+      ].join(' && '),
+    );
+    const list = (opt: string, values: string[]): string => [`uci -q delete ntmobile.main.${opt}`, ...values.map((v) => `uci add_list ntmobile.main.${opt}='${v}'`)].join('; ');
+    await owrt.run(
+      [
+        'uci set ntmobile.main.enabled=1',
+        `uci set ntmobile.main.name='${setup.name}'`,
+        `uci set ntmobile.main.email='${setup.email}'`,
+        `uci set ntmobile.main.password='${setup.password}'`,
+        `uci set ntmobile.main.as_url='${setup.asUrl}'`,
+        `uci set ntmobile.main.suite='${setup.suite}'`,
+        'uci set ntmobile.main.log_level=debug',
+        list('lan', ['lan']),
+        list('domain', setup.domains),
+        list('via_relay', setup.viaRelay),
+        list('resolver', setup.resolvers),
+        ...setup.publish.map((p) => `uci add ntmobile publish >/dev/null; uci set ntmobile.@publish[-1].name='${p.name}'; uci set ntmobile.@publish[-1].ip='${p.address}'`),
+        ...Object.entries(setup.dc).map(([zone, address]) => `uci add ntmobile dc >/dev/null; uci set ntmobile.@dc[-1].zone='${zone}'; uci set ntmobile.@dc[-1].address='${address}'`),
+        'uci commit ntmobile',
+        '/etc/init.d/ntmobile enable',
+        '/etc/init.d/ntmobile start',
+        '/etc/init.d/dnsmasq enable',
+        '/etc/init.d/dnsmasq start',
+      ].join('; '),
+    );
+    const socket = path.join(owrt.root, 'tmp/run/ntmobile.sock');
+    const api = (cmd: string, args: Record<string, unknown> = {}): Promise<unknown> => apiCall(socket, cmd, args, 10_000);
+    await waitFor(`${setup.name} (OpenWrt) registered`, 30_000, async () => ((await api('status')) as { state: string }).state === 'ready' || undefined).catch((e: Error) => {
+      throw new Error(`${e.message}\n--- procd log:\n${owrt.procdLog().slice(-3000)}`);
+    });
+    const procdPid = async (): Promise<number | null> => {
+      const r = await owrt.exec(['ubus', 'call', 'service', 'list', '{"name":"ntmobile"}']);
+      const main = (JSON.parse(r.stdout || '{}') as { ntmobile?: { instances?: { main?: { pid?: number; running?: boolean } } } }).ntmobile?.instances?.main;
+      return main?.running ? (main.pid ?? null) : null;
+    };
+    const router: FleetRouter = {
+      host: setup.host,
+      name: setup.name,
+      // procd owns the daemon: stopped through the init script, not as a lab program
+      program: {
+        host: setup.host,
+        process: null as never,
+        logFile: path.join(OWRT_DIR, 'instances', owrt.instance, 'log/procd.log'),
+        log: () => owrt.procdLog(),
+        stop: async () => void (await owrt.run('/etc/init.d/ntmobile stop')),
+      },
+      configPath: '/etc/config/ntmobile',
+      socket,
+      api,
+    };
+    return { owrt, router, procdPid };
+  } catch (e) {
+    await owrt.remove();
+    throw e;
+  }
 }

@@ -8,18 +8,17 @@
 // The userland is glibc with this machine's Node, so the .ipk installed here is the variant whose
 // addon is built for the host (`build-ipk --host-addon`); the musl .ipk is checked by
 // test/ipk.test.ts. Everything runs in the lab's namespaces; the instance is removed at the end.
-import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import t, { type Test } from 'tap';
+import t from 'tap';
 import { Lab, type Host } from '../lab/lab.js';
-import { buildFleet, HANDOVER_SITES, LAN, NAMES, type Fleet, type FleetRouter, type RouterSetup } from '../lab/fleet.js';
+import { buildFleet, HANDOVER_SITES, LAN, NAMES, type Fleet } from '../lab/fleet.js';
 import { serveRandomFile } from '../lab/http.js';
-import { startOpenWrt, type OpenWrt } from '../lab/openwrt.js';
+import { openwrtRouter, waitFor, type OpenWrt } from '../lab/openwrt.js';
 import { startSession } from '../lab/traffic.js';
-import { apiCall } from '../router/api.js';
 
 const REPO = fileURLToPath(new URL('../..', import.meta.url));
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
@@ -49,22 +48,6 @@ interface Status {
   counters: { daemon: { handovers: number } };
 }
 
-/** Polls `check` until it returns a value (not undefined) or the deadline passes. */
-async function waitFor<T>(what: string, timeoutMs: number, check: () => Promise<T | undefined>): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown = null;
-  for (;;) {
-    try {
-      const v = await check();
-      if (v !== undefined) return v;
-    } catch (e) {
-      last = e;
-    }
-    if (Date.now() > deadline) throw new Error(`${what}: not within ${timeoutMs} ms${last ? ` (${(last as Error).message})` : ''}`);
-    await sleep(100);
-  }
-}
-
 /** a1 (or another LAN host) fetches a URL by name; the bytes' SHA-256. */
 async function fetchSha(host: Host, url: string): Promise<string> {
   const r = await host.sh(`curl -sf --max-time 20 ${url} | sha256sum`, { allowFail: true, timeoutMs: 30_000 });
@@ -74,84 +57,6 @@ async function fetchSha(host: Host, url: string): Promise<string> {
 
 let owrt: OpenWrt | null = null;
 let procdPid = async (): Promise<number | null> => null;
-
-/** Router A as OpenWrt: userland in its namespace, the .ipk by opkg, UCI, procd. */
-async function openwrtRouter(lab: Lab, ipk: string, setup: RouterSetup, t0: Test): Promise<FleetRouter> {
-  const o = await startOpenWrt(lab, setup.host, { bwrapArgs: ['--dev-bind', '/dev/net/tun', '/dev/net/tun'] });
-  owrt = o;
-  const installed = await o.install(ipk);
-  t0.equal(installed.code, 0, `opkg install ${path.basename(ipk)}`);
-  if (installed.code !== 0) throw new Error(`opkg install: ${installed.stdout}${installed.stderr}`);
-  t0.match(await o.run('opkg list-installed ntmobile'), /^ntmobile - /m, 'opkg lists ntmobile as installed');
-  t0.equal((await o.run('uci -q get firewall.ntmobile.name')).trim(), 'ntmobile', 'uci-defaults added the fw4 zone ntmobile');
-
-  // The key bound to the account at the AS, and the operator's CA.
-  mkdirSync(path.join(o.root, 'etc/ntmobile'), { recursive: true, mode: 0o700 });
-  copyFileSync(setup.keyFile, path.join(o.root, 'etc/ntmobile/node.key'));
-  copyFileSync(setup.caFile, path.join(o.root, 'etc/ntmobile/ca.pem'));
-  // What netifd would know on a router: the lab's devices behind the logical interfaces, and
-  // fw4's zones on them (without netifd, fw4 takes zone devices only from UCI).
-  await o.run(
-    [
-      'uci set network.lan=interface',
-      `uci set network.lan.device=${setup.lanInterface}`,
-      'uci set network.wan=interface',
-      'uci set network.wan.device=eth0',
-      'uci commit network',
-      `uci add_list firewall.@zone[0].device=${setup.lanInterface}`,
-      'uci add_list firewall.@zone[1].device=eth0',
-      'uci commit firewall',
-      '/etc/init.d/firewall enable',
-      '/etc/init.d/firewall start',
-    ].join(' && '),
-  );
-  const list = (opt: string, values: string[]): string => [`uci -q delete ntmobile.main.${opt}`, ...values.map((v) => `uci add_list ntmobile.main.${opt}='${v}'`)].join('; ');
-  await o.run(
-    [
-      'uci set ntmobile.main.enabled=1',
-      `uci set ntmobile.main.name='${setup.name}'`,
-      `uci set ntmobile.main.email='${setup.email}'`,
-      `uci set ntmobile.main.password='${setup.password}'`,
-      `uci set ntmobile.main.as_url='${setup.asUrl}'`,
-      `uci set ntmobile.main.suite='${setup.suite}'`,
-      'uci set ntmobile.main.log_level=debug',
-      list('lan', ['lan']),
-      list('domain', setup.domains),
-      list('via_relay', setup.viaRelay),
-      list('resolver', setup.resolvers),
-      'uci commit ntmobile',
-      '/etc/init.d/ntmobile enable',
-      '/etc/init.d/ntmobile start',
-      '/etc/init.d/dnsmasq enable',
-      '/etc/init.d/dnsmasq start',
-    ].join('; '),
-  );
-  const socket = path.join(o.root, 'tmp/run/ntmobile.sock');
-  const api = (cmd: string, args: Record<string, unknown> = {}): Promise<unknown> => apiCall(socket, cmd, args, 10_000);
-  await waitFor('router A (OpenWrt) registered', 30_000, async () => ((await api('status')) as Status).state === 'ready' || undefined).catch((e: Error) => {
-    throw new Error(`${e.message}\n--- procd log:\n${o.procdLog().slice(-3000)}`);
-  });
-  procdPid = async () => {
-    const r = await o.exec(['ubus', 'call', 'service', 'list', '{"name":"ntmobile"}']);
-    const pid = (JSON.parse(r.stdout || '{}') as { ntmobile?: { instances?: { main?: { pid?: number; running?: boolean } } } }).ntmobile?.instances?.main;
-    return pid?.running ? (pid.pid ?? null) : null;
-  };
-  return {
-    host: setup.host,
-    name: setup.name,
-    // procd owns the daemon: stop and restart it through the init script and ubus, not as a lab program
-    program: {
-      host: setup.host,
-      process: null as never,
-      logFile: '',
-      log: () => o.procdLog(),
-      stop: async () => void (await o.run('/etc/init.d/ntmobile stop')),
-    },
-    configPath: '/etc/config/ntmobile',
-    socket,
-    api,
-  };
-}
 
 t.test('OpenWrt: the .ipk on a real userland, in a fleet', async (t) => {
   const ipk = hostIpk();
@@ -163,13 +68,23 @@ t.test('OpenWrt: the .ipk on a real userland, in a fleet', async (t) => {
     await lab.destroy();
   });
   try {
-    fleet = await buildFleet(lab, { case: 'b-nat', verbose: false, extraSites: { d: HANDOVER_SITES.d! }, external: { ra: (setup) => openwrtRouter(lab, ipk, setup, t) } });
+    fleet = await buildFleet(lab, { case: 'b-nat', verbose: false, extraSites: { d: HANDOVER_SITES.d! }, external: {
+        ra: async (setup) => {
+          const r = await openwrtRouter(lab, ipk, setup);
+          owrt = r.owrt;
+          procdPid = r.procdPid;
+          return r.router;
+        },
+      },
+    });
   } catch (e) {
     lab.dumpLogs();
     throw e;
   }
   const f = fleet;
   const o = owrt!;
+  t.match(await o.run('opkg list-installed ntmobile'), /^ntmobile - /m, 'opkg installed ntmobile (postinst ran)');
+  t.equal((await o.run('uci -q get firewall.ntmobile.name')).trim(), 'ntmobile', 'uci-defaults added the fw4 zone ntmobile');
 
   // ---- up, by procd, answering on ubus, reachable by name ----------------------------------
   const ubusStatus = JSON.parse(await o.run('ubus call ntmobile status')) as Status;
