@@ -14,7 +14,7 @@
 // OpenWrt userland, itself built with glibc, can load.
 import { execFileSync } from 'node:child_process';
 import {
-  chmodSync, copyFileSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync,
+  appendFileSync, chmodSync, copyFileSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync,
   symlinkSync, writeFileSync,
 } from 'node:fs';
 import { isBuiltin } from 'node:module';
@@ -510,9 +510,8 @@ export function buildIpk(variant: Variant, outDir: string, log: (line: string) =
     throw new BuildError(`${MAKEFILE}: PKG_VERSION ${info.version.replace(/-r\d+$/, '')} differs from package.json's version ${npmVersion}`);
   }
 
-  const work = path.join(outDir, `.work-${variant}`);
-  rmSync(work, { recursive: true, force: true });
-  mkdirSync(work, { recursive: true });
+  // a folder of its own: another build of the same variant may be running
+  const work = mkdtempSync(path.join(outDir, `.work-${variant}-`));
   try {
     log(`compiling the addon for ${variant === 'musl' ? 'musl (musl-gcc)' : 'the host (glibc)'}`);
     const addon = buildAddon(variant, work);
@@ -535,7 +534,7 @@ export function buildIpk(variant: Variant, outDir: string, log: (line: string) =
     const keep = info.conffiles.filter((c) => !existsSync(path.join(data, c)) || !statSync(path.join(data, c)).isFile());
     if (keep.length > 0) {
       mkdirSync(path.join(data, 'lib/upgrade/keep.d'), { recursive: true });
-      writeFileSync(path.join(data, 'lib/upgrade/keep.d', info.name), `${keep.join('\n')}\n`, { mode: 0o644 });
+      appendFileSync(path.join(data, 'lib/upgrade/keep.d', info.name), `${keep.join('\n')}\n`, { mode: 0o644 });
     }
 
     log('writing control.tar.gz and data.tar.gz');
@@ -545,9 +544,10 @@ export function buildIpk(variant: Variant, outDir: string, log: (line: string) =
     tarGz(path.join(work, 'data'), ['.'], path.join(work, 'data.tar.gz'), mtime);
     tarGz(path.join(work, 'control'), ['.'], path.join(work, 'control.tar.gz'), mtime);
     writeFileSync(path.join(work, 'debian-binary'), '2.0\n');
+    // renamed into place whole, so that nobody reads a half-written package
     const file = path.join(outDir, `${info.name}_${info.version}_${arch}.ipk`);
-    rmSync(file, { force: true });
-    tarGz(work, ['./debian-binary', './data.tar.gz', './control.tar.gz'], file, mtime);
+    tarGz(work, ['./debian-binary', './data.tar.gz', './control.tar.gz'], path.join(work, 'package.ipk'), mtime);
+    renameSync(path.join(work, 'package.ipk'), file);
     return { file, size: statSync(file).size, installedSize, stage };
   } finally {
     rmSync(work, { recursive: true, force: true });
