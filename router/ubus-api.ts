@@ -8,7 +8,7 @@
 // background; the daemon runs on either way. See docs/ubus.md.
 
 import { BlobmsgType, blobmsgTypeName, type BlobmsgField, type BlobmsgTypeCode } from '../ubus/blob.js';
-import { UbusClient, UbusStatus, type UbusReply, type UbusRequest } from '../ubus/client.js';
+import { UbusClient, UbusStatus, type UbusClientStats, type UbusReply, type UbusRequest } from '../ubus/client.js';
 
 export type UbusApiMethod = 'status' | 'peers' | 'ping' | 'handover' | 'reload';
 export type UbusApiHandler = (args: Record<string, unknown>) => Promise<unknown>;
@@ -63,6 +63,11 @@ export class UbusApi {
   ) {
     this.client = new UbusClient(socketPath, { ...options, log });
     this.client.on('ready', () => this.log(`ubus: object ${UBUS_OBJECT} published on ${socketPath}`));
+  }
+
+  /** Connections, failed attempts, dropped messages: for status output and tests. */
+  get stats(): Readonly<UbusClientStats> {
+    return this.client.stats;
   }
 
   /** Published now (connected to ubusd and the object added). */
