@@ -42,6 +42,8 @@ export interface Registered {
   vip4: string | null;
   vip6: string | null;
   observed: WireEndpoint | null;
+  /** When this name got the VIPs it has now (ms since the epoch): a registration again keeps it. */
+  since: number;
 }
 
 export class DaemonCounters {
@@ -90,6 +92,8 @@ interface Move {
 const MOVE_RETRY_FIRST_MS = 5000;
 const MOVE_RETRY_MAX_MS = 60_000;
 const MOVE_RETRY_TRIES = 8;
+/** How many handovers status keeps (the last one is `uplink.lastHandover`). */
+const RECENT_HANDOVERS = 10;
 
 /**
  * Two moves noticed before the first was handled: one handover from where we were to where we
@@ -134,6 +138,8 @@ export class RouterDaemon {
   private uplinkStarted = false;
   private moveRetry: { timer: NodeJS.Timeout; waitMs: number; tries: number } | null = null;
   private lastHandover: HandoverReport | null = null;
+  /** The last handovers, oldest first (status API `uplink.recentHandovers`, the LuCI status page). */
+  private readonly recentHandovers: HandoverReport[] = [];
   /** Where the DC last saw us (registration or keepalive answer): a change is a NAT rebinding. */
   private observedByDc: WireEndpoint | null = null;
   /** Our uplink address when the DC last told us where it saw us. */
@@ -346,7 +352,9 @@ export class RouterDaemon {
     }
     this.counters.registrations++;
     this.keepaliveSeconds = r.keepaliveSeconds || 20;
-    this.registered.set(name, { name, vip4: r.vip4, vip6: r.vip6, observed: r.observed });
+    const before = this.registered.get(name);
+    const since = before !== undefined && before.vip4 === r.vip4 && before.vip6 === r.vip6 ? before.since : Date.now();
+    this.registered.set(name, { name, vip4: r.vip4, vip6: r.vip6, observed: r.observed, since });
     if (name === this.config.name) {
       this.observedByDc = r.observed;
       this.observedFrom = this.uplink.address;
@@ -484,7 +492,7 @@ export class RouterDaemon {
     this.logger.info(`handover (${reason}): registering again and moving ${peers.length} tunnel(s)`);
     if (to === null) {
       // No route to the DC at all: nothing can be told now; the next uplink event tries again.
-      this.lastHandover = { at, reason, from, to, ms: 0, registered: false, tunnels: peers.map((p) => ({ node: p.route.peerNode, result: 'failed' })) };
+      this.recordHandover({ at, reason, from, to, ms: 0, registered: false, tunnels: peers.map((p) => ({ node: p.route.peerNode, result: 'failed' })) });
       return;
     }
     let registered = false;
@@ -500,10 +508,17 @@ export class RouterDaemon {
     // The MQTT session runs over TCP from our address: a new address needs a new session, a new
     // UDP mapping does not.
     if (!rebinding) this.notify?.reconnect();
-    this.lastHandover = { at, reason, from, to, ms: Date.now() - at, registered, tunnels: results };
-    this.logger.info(`handover done in ${this.lastHandover.ms} ms: ${results.map((r) => `${r.node} ${r.result}`).join(', ') || 'no tunnels'}`);
-    this.onEvent?.('ntmobile.handover', { ...this.lastHandover });
+    const report = this.recordHandover({ at, reason, from, to, ms: Date.now() - at, registered, tunnels: results });
+    this.logger.info(`handover done in ${report.ms} ms: ${results.map((r) => `${r.node} ${r.result}`).join(', ') || 'no tunnels'}`);
+    this.onEvent?.('ntmobile.handover', { ...report });
     this.retryFailedMoves(results, MOVE_RETRY_FIRST_MS, 0);
+  }
+
+  private recordHandover(report: HandoverReport): HandoverReport {
+    this.lastHandover = report;
+    this.recentHandovers.push(report);
+    if (this.recentHandovers.length > RECENT_HANDOVERS) this.recentHandovers.shift();
+    return report;
   }
 
   /**
@@ -740,7 +755,7 @@ export class RouterDaemon {
       port: this.socket?.port ?? null,
       registered: [...this.registered.values()],
       notify: this.notify?.status() ?? null,
-      uplink: { address: this.uplink.address, handovers: this.counters.handovers, lastHandover: this.lastHandover, observedByDc: this.observedByDc === null ? null : formatEndpoint(this.observedByDc) },
+      uplink: { address: this.uplink.address, handovers: this.counters.handovers, lastHandover: this.lastHandover, recentHandovers: this.recentHandovers, observedByDc: this.observedByDc === null ? null : formatEndpoint(this.observedByDc) },
       keyId: this.session?.keyId ?? null,
       keyExpiresAt: this.session?.expiresAt ?? null,
       counters: { daemon: { ...this.counters }, channel: { ...this.channel.counters }, tunnels: { ...this.tunnels.counters }, engine: this.engine?.counters.snapshot() ?? null, dns: this.dnsHook ? { ...this.dnsHook.counters } : null },
