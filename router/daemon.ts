@@ -749,6 +749,8 @@ export class RouterDaemon {
     return {
       state: this.state,
       error: this.lastError,
+      // the daemon's clock, against which a viewer on another machine reads the times below
+      now: Date.now(),
       name: this.config.name,
       publicKey: this.staticKey.publicKey.toString('base64url'),
       dc: this.dcAddress === null ? null : formatEndpoint(this.dcAddress, this.config.dcPort),
