@@ -211,6 +211,39 @@ export interface StageResult {
   typesOnly: string[];
 }
 
+/** Where dist/netlink/native.js loads the addon from a computed path: the one load not followed. */
+const ADDON_LOADER = 'dist/netlink/native.js';
+
+/**
+ * The modules a JavaScript file loads: import/export … from, import(), require() and
+ * createRequire(…)(…). A load whose specifier is not a string literal cannot be followed and is
+ * an error (with its line), except the addon's, which the stage places itself.
+ */
+export function moduleLoads(file: string, text: string): string[] {
+  const source = ts.createSourceFile(file, text, ts.ScriptTarget.Latest, true, ts.ScriptKind.JS);
+  const specs: string[] = [];
+  const dynamic = (node: ts.Node, arg: ts.Expression | undefined): void => {
+    if (arg !== undefined && ts.isStringLiteralLike(arg)) specs.push(arg.text);
+    else if (!file.endsWith(ADDON_LOADER)) {
+      const { line } = source.getLineAndCharacterOfPosition(node.getStart());
+      throw new BuildError(`${file}:${line + 1}: a module loaded by a computed name cannot be packaged: ${node.getText().slice(0, 80)}`);
+    }
+  };
+  const visit = (node: ts.Node): void => {
+    if ((ts.isImportDeclaration(node) || ts.isExportDeclaration(node)) && node.moduleSpecifier && ts.isStringLiteral(node.moduleSpecifier)) {
+      specs.push(node.moduleSpecifier.text);
+    } else if (ts.isCallExpression(node)) {
+      const callee = node.expression;
+      const isRequire = ts.isIdentifier(callee) && callee.text === 'require';
+      const isCreatedRequire = ts.isCallExpression(callee) && ts.isIdentifier(callee.expression) && callee.expression.text === 'createRequire';
+      if (callee.kind === ts.SyntaxKind.ImportKeyword || isRequire || isCreatedRequire) dynamic(node, node.arguments[0]);
+    }
+    ts.forEachChild(node, visit);
+  };
+  visit(source);
+  return specs;
+}
+
 /** Relative imports (→ files) and bare ones (→ packages) reachable from the entry, static and dynamic. */
 export function importClosure(repo: string, entry: string): { files: string[]; bare: Map<string, string> } {
   const files = new Set<string>();
@@ -221,7 +254,7 @@ export function importClosure(repo: string, entry: string): { files: string[]; b
     if (files.has(file)) continue;
     if (!existsSync(file)) throw new BuildError(`${path.relative(repo, file)} is imported but missing: run npm run build`);
     files.add(file);
-    for (const { fileName: spec } of ts.preProcessFile(readFileSync(file, 'utf8'), true, true).importedFiles) {
+    for (const spec of moduleLoads(path.relative(repo, file), readFileSync(file, 'utf8'))) {
       if (spec.startsWith('.')) queue.push(path.resolve(path.dirname(file), spec));
       else if (!isBuiltin(spec)) bare.set(packageName(spec), path.relative(repo, file));
     }
@@ -438,6 +471,11 @@ function filesUnder(dir: string): string[] {
   return out;
 }
 
+function dirsUnder(dir: string): string[] {
+  const subs = readdirSync(dir, { withFileTypes: true }).filter((e) => e.isDirectory()).map((e) => path.join(dir, e.name));
+  return [dir, ...subs.flatMap(dirsUnder)];
+}
+
 /** Bytes of the regular files of a tree: the Installed-Size opkg shows. */
 export const treeSize = (dir: string): number =>
   filesUnder(dir).reduce((sum, f) => sum + (lstatSync(f).isFile() ? lstatSync(f).size : 0), 0);
@@ -530,6 +568,8 @@ export function buildIpk(variant: Variant, outDir: string, log: (line: string) =
     const data = path.join(work, 'data');
     mkdirSync(data, { mode: 0o755 });
     runInstall(info.install, data, installDir);
+    // folders as INSTALL_DIR makes them, whatever the umask or the modes $(CP) copied
+    for (const dir of dirsUnder(data)) chmodSync(dir, 0o755);
     // package-ipkg.mk: conffiles that are no file of the package (folders) are kept over sysupgrade
     const keep = info.conffiles.filter((c) => !existsSync(path.join(data, c)) || !statSync(path.join(data, c)).isFile());
     if (keep.length > 0) {

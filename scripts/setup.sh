@@ -14,6 +14,8 @@ packages=(
   python3 make g++
   wireguard-go wireguard-tools nebula openvpn openssl
   mosquitto conntrack
+  musl-tools binutils
+  chromium
 )
 missing=()
 for p in "${packages[@]}"; do

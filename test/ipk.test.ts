@@ -155,6 +155,19 @@ t.test('host addon: the installed native.js finds and loads it', async (t) => {
   t.type(native.loadNative().tunOpen, 'function', 'exports tunOpen');
 });
 
+t.test('the packaged daemon runs from its own files', async (t) => {
+  const app = path.join(host.dir, 'data', APP);
+  const help = spawnSync(process.execPath, [path.join(app, 'dist/router/cli.js'), '--help'], { cwd: tmp, encoding: 'utf8' });
+  t.equal(help.status, 0, 'ntmobile --help: every static import is in the package', { output: help.stderr });
+  t.match(help.stdout, /^Usage: ntmobile/);
+  // packages the daemon loads later (mqtt only in MQTT mode) are loaded here, from the package alone
+  const deps = Object.keys((JSON.parse(readFileSync(path.join(app, 'package.json'), 'utf8')) as { dependencies: Record<string, string> }).dependencies);
+  const load = spawnSync(process.execPath, ['--input-type=module', '-e',
+    "import { createRequire } from 'node:module'; const r = createRequire(process.argv[1]); for (const d of process.argv.slice(2)) await import(r.resolve(d));",
+    path.join(app, 'package.json'), ...deps], { cwd: tmp, encoding: 'utf8' });
+  t.equal(load.status, 0, `${deps.join(', ')} load from /usr/lib/ntmobile/node_modules`, { output: load.stderr });
+});
+
 // OpenWrt's base-files define these in /lib/functions.sh; the userland's functions.sh is a subset
 // without them, and every package built by the buildroot (ours too) calls them from its postinst
 // and prerm. These do what base-files' do, for a package installed on a running system: run the
