@@ -1,5 +1,6 @@
 // A thin rtnetlink layer over the addon's raw netlink socket (nlOpen/nlSend/nlRecv): links,
-// addresses and routes (set, list, delete) and their change events, which is how the router
+// addresses, routes and policy-routing rules (set, list, delete), route lookups as the kernel
+// does them for one socket's datagrams, and link/address/route change events, which is how the router
 // notices that its uplink moved. Requests are synchronous request/ack exchanges on one shared
 // socket (the kernel answers at once; a 5 s timeout guards against the impossible), exposed as
 // promises so that callers need not change if this ever becomes asynchronous; events come
@@ -38,6 +39,9 @@ export const RTM_GETADDR = 22;
 export const RTM_NEWROUTE = 24;
 export const RTM_DELROUTE = 25;
 export const RTM_GETROUTE = 26;
+export const RTM_NEWRULE = 32;
+export const RTM_DELRULE = 33;
+export const RTM_GETRULE = 34;
 export const RTMGRP_LINK = 0x1;
 export const RTMGRP_IPV4_IFADDR = 0x10;
 export const RTMGRP_IPV4_ROUTE = 0x40;
@@ -49,6 +53,9 @@ export const RTA_GATEWAY = 5;
 export const RTA_PRIORITY = 6;
 export const RTA_PREFSRC = 7;
 export const RTA_TABLE = 15;
+export const RTA_IP_PROTO = 27;
+export const RTA_SPORT = 28;
+export const RTA_DPORT = 29;
 export const RT_TABLE_UNSPEC = 0;
 export const RT_TABLE_MAIN = 254;
 export const RT_TABLE_LOCAL = 255;
@@ -61,6 +68,18 @@ export const RT_SCOPE_HOST = 254;
 export const RT_SCOPE_NOWHERE = 255;
 export const RTN_UNICAST = 1;
 export const RTN_LOCAL = 2;
+export const RTN_UNREACHABLE = 7;
+// linux/fib_rules.h (rules: kernel 4.17 or later for FRA_PROTOCOL, FRA_IP_PROTO and port ranges)
+export const FRA_IIFNAME = 3;
+export const FRA_PRIORITY = 6;
+export const FRA_SUPPRESS_PREFIXLEN = 14;
+export const FRA_TABLE = 15;
+export const FRA_PROTOCOL = 21;
+export const FRA_IP_PROTO = 22;
+export const FRA_SPORT_RANGE = 23;
+export const FR_ACT_TO_TBL = 1;
+// linux/in.h
+export const IPPROTO_UDP = 17;
 // linux/if_link.h, linux/if.h
 export const IFLA_IFNAME = 3;
 export const IFLA_MTU = 4;
@@ -157,6 +176,25 @@ export interface RouteOptions {
   /** RTPROT_*, default RTPROT_STATIC. */
   protocol?: number;
 }
+
+/** A policy-routing rule (`ip rule`) whose action is a table lookup. */
+export interface RuleInfo {
+  family: 4 | 6;
+  priority: number;
+  table: number;
+  /** Matches packets that came in on this device; "lo": generated on this host. */
+  iifname?: string;
+  /** IPPROTO_* of the packets matched. */
+  ipProto?: number;
+  /** Source port range matched, [first, last]. */
+  sport?: [number, number];
+  /** Routes of the table with a prefix this long or shorter are ignored (0: the default route). */
+  suppressPrefixLength?: number;
+  /** Who made the rule (RTPROT_*, or a number of the caller's own). */
+  protocol: number;
+}
+
+export type RuleOptions = Omit<RuleInfo, 'protocol'> & { protocol?: number };
 
 // ---- message encoding -------------------------------------------------------------------------
 
@@ -468,11 +506,11 @@ export async function listAddresses(name?: string): Promise<AddressInfo[]> {
   return all.filter((a) => a.dev === name);
 }
 
-function routeRequest(type: number, cidr: string, o: Partial<RouteOptions>): void {
+function routeRequest(type: number, cidr: string, o: Partial<RouteOptions> & { unreachable?: boolean; replace?: boolean }): void {
   const c = parseCidr(cidr);
   const verb = type === RTM_NEWROUTE ? 'RTM_NEWROUTE' : 'RTM_DELROUTE';
-  const op = `${verb} ${cidr}${o.dev ? ` dev ${o.dev}` : ''}${o.via ? ` via ${o.via}` : ''}${o.metric !== undefined ? ` metric ${o.metric}` : ''}`;
   const table = o.table ?? RT_TABLE_MAIN;
+  const op = `${verb} ${o.unreachable ? 'unreachable ' : ''}${cidr}${o.dev ? ` dev ${o.dev}` : ''}${o.via ? ` via ${o.via}` : ''}${o.metric !== undefined ? ` metric ${o.metric}` : ''}${table !== RT_TABLE_MAIN ? ` table ${table}` : ''}`;
   const attrs = [attr(RTA_DST, c.bytes), attr(RTA_TABLE, u32(table))];
   if (o.dev !== undefined) attrs.push(attr(RTA_OIF, u32(linkIndexSync(o.dev))));
   if (o.via !== undefined) {
@@ -486,11 +524,11 @@ function routeRequest(type: number, cidr: string, o: Partial<RouteOptions>): voi
     family: c.af,
     dstLen: c.prefixLen,
     table: table < 256 ? table : RT_TABLE_UNSPEC,
-    protocol: add ? (o.protocol ?? RTPROT_STATIC) : 0,
-    scope: add ? (o.via !== undefined ? RT_SCOPE_UNIVERSE : RT_SCOPE_LINK) : RT_SCOPE_NOWHERE,
-    type: add ? RTN_UNICAST : 0,
+    protocol: add ? (o.protocol ?? RTPROT_STATIC) : (o.protocol ?? 0),
+    scope: add ? (o.via !== undefined || o.unreachable ? RT_SCOPE_UNIVERSE : RT_SCOPE_LINK) : RT_SCOPE_NOWHERE,
+    type: add ? (o.unreachable ? RTN_UNREACHABLE : RTN_UNICAST) : 0,
   });
-  request(op, type, add ? NLM_F_CREATE | NLM_F_EXCL : 0, body, attrs);
+  request(op, type, add ? NLM_F_CREATE | (o.replace ? NLM_F_REPLACE : NLM_F_EXCL) : 0, body, attrs);
 }
 
 /** Adds a unicast route; EEXIST if the same route is already there. */
@@ -498,9 +536,40 @@ export async function addRoute(cidr: string, options: RouteOptions): Promise<voi
   routeRequest(RTM_NEWROUTE, cidr, options);
 }
 
-/** Deletes the route to cidr matching the given dev/via/metric; ESRCH if there is none. */
+/** Adds a unicast route, or replaces the one to the same prefix with the same metric (`ip route replace`). */
+export async function replaceRoute(cidr: string, options: RouteOptions): Promise<void> {
+  routeRequest(RTM_NEWROUTE, cidr, { ...options, replace: true });
+}
+
+/** Adds an unreachable route (lookups that end on it fail with EHOSTUNREACH); EEXIST if it is there. */
+export async function addUnreachableRoute(cidr: string, options: Omit<RouteOptions, 'dev' | 'via'> = {}): Promise<void> {
+  routeRequest(RTM_NEWROUTE, cidr, { ...options, unreachable: true });
+}
+
+/** Deletes the route to cidr matching the given dev/via/metric/table/protocol; ESRCH if there is none. */
 export async function delRoute(cidr: string, options: Partial<RouteOptions> = {}): Promise<void> {
   routeRequest(RTM_DELROUTE, cidr, options);
+}
+
+/**
+ * The route the kernel picks for a datagram to dst (`ip route get`), rules included; with ipProto
+ * and sport, the lookup is the one for a socket bound to that port, which is what rules matching
+ * ports see. `prefsrc` is the source address it would use. RtnetlinkError (ENETUNREACH,
+ * EHOSTUNREACH) when there is no route.
+ */
+export async function getRoute(dst: string, o: { ipProto?: number; sport?: number; dport?: number } = {}): Promise<RouteInfo> {
+  const c = parseCidr(dst);
+  const op = `RTM_GETROUTE ${dst}${o.ipProto !== undefined ? ` ipproto ${o.ipProto}` : ''}${o.sport !== undefined ? ` sport ${o.sport}` : ''}${o.dport !== undefined ? ` dport ${o.dport}` : ''}`;
+  const attrs = [attr(RTA_DST, c.bytes)];
+  if (o.ipProto !== undefined) attrs.push(attr(RTA_IP_PROTO, Buffer.from([o.ipProto])));
+  // Ports are in network byte order here (nla_get_be16), unlike the rest of the message.
+  const be16 = (v: number): Buffer => Buffer.from([(v >> 8) & 0xff, v & 0xff]);
+  if (o.sport !== undefined) attrs.push(attr(RTA_SPORT, be16(o.sport)));
+  if (o.dport !== undefined) attrs.push(attr(RTA_DPORT, be16(o.dport)));
+  const body = rtmsg({ family: c.af, dstLen: c.prefixLen, table: 0, protocol: 0, scope: 0, type: 0 });
+  const m = request(op, RTM_GETROUTE, 0, body, attrs).find((r) => r.type === RTM_NEWROUTE);
+  if (!m) throw new RtnetlinkError(op, osConstants.errno.ENETUNREACH);
+  return parseRoute(m.data, linkNames());
 }
 
 /** Routes of one table (default main; 'all' for every table), optionally one family. */
@@ -512,6 +581,73 @@ export async function listRoutes(options: { table?: number | 'all'; family?: 4 |
     .filter((m) => m.type === RTM_NEWROUTE)
     .map((m) => parseRoute(m.data, names))
     .filter((r) => table === 'all' || r.table === table);
+}
+
+// ---- policy-routing rules ------------------------------------------------------------------------
+
+/** struct fib_rule_hdr: family, dst_len, src_len, tos, table, res1, res2, action, flags u32. */
+function fibRuleHdr(family: number, table: number, action: number): Buffer {
+  return Buffer.from([family, 0, 0, 0, table < 256 ? table : RT_TABLE_UNSPEC, 0, 0, action, 0, 0, 0, 0]);
+}
+
+function ruleText(r: Partial<RuleInfo>): string {
+  const parts = [`family ${r.family === 6 ? 'inet6' : 'inet'}`];
+  if (r.priority !== undefined) parts.push(`pref ${r.priority}`);
+  if (r.iifname !== undefined) parts.push(`iif ${r.iifname}`);
+  if (r.ipProto !== undefined) parts.push(`ipproto ${r.ipProto}`);
+  if (r.sport !== undefined) parts.push(`sport ${r.sport[0]}-${r.sport[1]}`);
+  if (r.table !== undefined) parts.push(`lookup ${r.table}`);
+  if (r.suppressPrefixLength !== undefined) parts.push(`suppress_prefixlength ${r.suppressPrefixLength}`);
+  if (r.protocol !== undefined) parts.push(`proto ${r.protocol}`);
+  return parts.join(' ');
+}
+
+function ruleAttrs(r: Partial<RuleInfo>): Buffer[] {
+  const attrs: Buffer[] = [];
+  if (r.priority !== undefined) attrs.push(attr(FRA_PRIORITY, u32(r.priority)));
+  if (r.table !== undefined) attrs.push(attr(FRA_TABLE, u32(r.table)));
+  if (r.iifname !== undefined) attrs.push(strAttr(FRA_IIFNAME, r.iifname));
+  if (r.ipProto !== undefined) attrs.push(attr(FRA_IP_PROTO, Buffer.from([r.ipProto])));
+  if (r.sport !== undefined) attrs.push(attr(FRA_SPORT_RANGE, Buffer.concat([u16(r.sport[0]), u16(r.sport[1])])));
+  if (r.suppressPrefixLength !== undefined) attrs.push(attr(FRA_SUPPRESS_PREFIXLEN, u32(r.suppressPrefixLength)));
+  if (r.protocol !== undefined) attrs.push(attr(FRA_PROTOCOL, Buffer.from([r.protocol])));
+  return attrs;
+}
+
+function parseRule(data: Buffer): RuleInfo {
+  const a = parseAttrs(data, 12);
+  const table = a.get(FRA_TABLE);
+  const prio = a.get(FRA_PRIORITY);
+  const r: RuleInfo = { family: data[0] === AF_INET6 ? 6 : 4, priority: prio ? r32(prio, 0) : 0, table: table ? r32(table, 0) : (data[4] ?? 0), protocol: a.get(FRA_PROTOCOL)?.[0] ?? 0 };
+  const iif = a.get(FRA_IIFNAME);
+  if (iif) r.iifname = cstr(iif);
+  const proto = a.get(FRA_IP_PROTO);
+  if (proto) r.ipProto = proto[0] ?? 0;
+  const sport = a.get(FRA_SPORT_RANGE);
+  if (sport && sport.length >= 4) r.sport = [r16(sport, 0), r16(sport, 2)];
+  const suppress = a.get(FRA_SUPPRESS_PREFIXLEN);
+  // The kernel reports "none" as -1 (or leaves the attribute out).
+  if (suppress && r32(suppress, 0) !== 0xffffffff) r.suppressPrefixLength = r32(suppress, 0);
+  return r;
+}
+
+/** Adds a rule looking up `table` for the packets it matches; EEXIST if the same rule is there. */
+export async function addRule(rule: RuleOptions): Promise<void> {
+  const r = { ...rule, protocol: rule.protocol ?? RTPROT_STATIC };
+  request(`RTM_NEWRULE ${ruleText(r)}`, RTM_NEWRULE, NLM_F_CREATE | NLM_F_EXCL, fibRuleHdr(r.family === 6 ? AF_INET6 : AF_INET, r.table, FR_ACT_TO_TBL), ruleAttrs(r));
+}
+
+/** Deletes the first rule matching what is given (family and priority at least); ENOENT if none does. */
+export async function delRule(rule: Partial<RuleInfo> & { family: 4 | 6; priority: number }): Promise<void> {
+  request(`RTM_DELRULE ${ruleText(rule)}`, RTM_DELRULE, 0, fibRuleHdr(rule.family === 6 ? AF_INET6 : AF_INET, rule.table ?? 0, rule.table !== undefined ? FR_ACT_TO_TBL : 0), ruleAttrs(rule));
+}
+
+/** The table-lookup rules of one family, or of both. */
+export async function listRules(family?: 4 | 6): Promise<RuleInfo[]> {
+  const af = family === 4 ? AF_INET : family === 6 ? AF_INET6 : AF_UNSPEC;
+  return dump('RTM_GETRULE', RTM_GETRULE, fibRuleHdr(af, 0, 0))
+    .filter((m) => m.type === RTM_NEWRULE && m.data[7] === FR_ACT_TO_TBL)
+    .map((m) => parseRule(m.data));
 }
 
 /**
