@@ -266,7 +266,7 @@ export interface UbusInvokeResult {
   replies: { [key: string]: BlobmsgValue }[];
 }
 
-export type UbusEventHandler = (type: string, data: { [key: string]: BlobmsgValue }) => void;
+export type UbusEventHandler = (type: string, data: { [key: string]: BlobmsgValue }) => unknown;
 
 export interface UbusClientOptions {
   /** Default timeout of a request, ms (30 s, as the `ubus` CLI). */
@@ -327,6 +327,8 @@ export class UbusClient extends EventEmitter {
   private readonly log: (line: string) => void;
 
   private socket: Socket | null = null;
+  /** The socket of a connection attempt still waiting for HELLO (close() ends it too). */
+  private opening: Socket | null = null;
   private isReady = false;
   private connecting: Promise<void> | null = null;
   private keepTrying = false;
@@ -384,6 +386,7 @@ export class UbusClient extends EventEmitter {
     this.keepTrying = false;
     if (this.retryTimer !== null) clearTimeout(this.retryTimer);
     this.retryTimer = null;
+    this.opening?.destroy();
     const s = this.socket;
     if (s !== null) {
       await new Promise<void>((resolve) => {
@@ -426,6 +429,7 @@ export class UbusClient extends EventEmitter {
   /** Opens the socket, waits for HELLO, publishes what is registered. */
   private async establish(): Promise<void> {
     const sock = createConnection(this.socketPath);
+    this.opening = sock;
     const reader = new UbusFrameReader(this.maxMessageBytes);
     let greeted = false;
     await new Promise<void>((resolve, reject) => {
@@ -464,6 +468,11 @@ export class UbusClient extends EventEmitter {
             sock.destroy();
             return;
           }
+          if (this.closed) {
+            reject(new Error('client closed'));
+            sock.destroy();
+            return;
+          }
           greeted = true;
           clearTimeout(timer);
           this.localId = f.readUInt32BE(4);
@@ -473,6 +482,8 @@ export class UbusClient extends EventEmitter {
           resolve();
         }
       });
+    }).finally(() => {
+      this.opening = null;
     });
     for (const obj of this.objects.values()) {
       await this.publishObject(obj).catch((e: Error) => this.log(`ubus: publishing ${obj.path}: ${e.message}`));
@@ -713,7 +724,7 @@ export class UbusClient extends EventEmitter {
         return this.settle(key, p, null, status);
       }
       case UbusMsg.INVOKE:
-        void this.onInvoke(sock, m);
+        this.onInvoke(sock, m).catch((e: Error) => this.log(`ubus: answering a call: ${e.message}`));
         return;
       case UbusMsg.NOTIFY:
       case UbusMsg.UNSUBSCRIBE:
@@ -739,13 +750,23 @@ export class UbusClient extends EventEmitter {
   private async onInvoke(sock: Socket, m: UbusMessage): Promise<void> {
     const objId = u32(m, UbusAttr.OBJID) ?? 0;
     const noReply = m.attrs.get(UbusAttr.NO_REPLY)?.payload[0] === 1;
+    const method = str(m, UbusAttr.METHOD);
     const reply = (status: number, data?: Buffer): void => {
       if (noReply || this.socket !== sock) return;
       if (data !== undefined) {
-        this.send(sock, encodeUbusMessage(UbusMsg.DATA, m.seq, m.peer, (w) => {
-          w.putU32(UbusAttr.OBJID, objId);
-          w.put(UbusAttr.DATA, data);
-        }));
+        let frame: Buffer;
+        try {
+          frame = encodeUbusMessage(UbusMsg.DATA, m.seq, m.peer, (w) => {
+            w.putU32(UbusAttr.OBJID, objId);
+            w.put(UbusAttr.DATA, data);
+          });
+        } catch (e) {
+          // e.g. a reply beyond UBUS_MAX_MSGLEN: the caller gets an error status instead
+          this.log(`ubus: ${method ?? '?'}: reply: ${(e as Error).message}`);
+          status = UbusStatus.UNKNOWN_ERROR;
+          frame = Buffer.alloc(0);
+        }
+        if (frame.length > 0) this.send(sock, frame);
       }
       this.send(sock, encodeUbusMessage(UbusMsg.STATUS, m.seq, m.peer, (w) => {
         w.putU32(UbusAttr.STATUS, status);
@@ -753,7 +774,6 @@ export class UbusClient extends EventEmitter {
       }));
     };
     const owner = this.byId.get(objId);
-    const method = str(m, UbusAttr.METHOD);
     const data = m.attrs.get(UbusAttr.DATA);
     if (owner === undefined) return reply(UbusStatus.NOT_FOUND);
     if (method === undefined || data === undefined) return reply(UbusStatus.INVALID_ARGUMENT);
@@ -765,10 +785,12 @@ export class UbusClient extends EventEmitter {
       return reply(UbusStatus.INVALID_ARGUMENT);
     }
     if (owner.kind === 'events') {
+      const failed = (e: unknown): void => this.log(`ubus: event ${method}: handler failed: ${(e as Error)?.message ?? String(e)}`);
       try {
-        owner.sub.handler(method, fieldsToObject(fields));
+        // a handler may be async: its rejection is logged like a throw
+        void Promise.resolve(owner.sub.handler(method, fieldsToObject(fields))).catch(failed);
       } catch (e) {
-        this.log(`ubus: event ${method}: handler failed: ${(e as Error).message}`);
+        failed(e);
       }
       return reply(UbusStatus.OK);
     }
