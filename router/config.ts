@@ -32,6 +32,14 @@ export interface RouterConfig {
   listen: { address: string; port: number };
   tun: { name: string; mtu: number };
   lan: { interfaces: string[] };
+  /**
+   * The devices NTMobile may use as its uplink, most preferred first (docs/mobility.md, uplink
+   * preference): the daemon's own UDP traffic leaves through the first usable one. Empty: the
+   * kernel's routing decides.
+   */
+  uplinks: string[];
+  /** The routing table the daemon owns for `uplinks`; its two rules get this number and the next as priorities. */
+  uplinkTable: number;
   publish: PublishedHostConfig[];
   dns: { address: string; port: number; domains: string[]; timeoutMs: number };
   /** DNS servers for finding DCs by NS record (the system's if empty). */
@@ -113,7 +121,7 @@ export function parseRouterConfig(text: string, baseDir = '.'): RouterConfig {
     if (e instanceof RouterConfigError) throw e;
     throw new RouterConfigError(`config: not valid JSON (${(e as Error).message})`);
   }
-  const known = ['name', 'account', 'as', 'privateKeyFile', 'listen', 'tun', 'lan', 'publish', 'dns', 'resolvers', 'dc', 'dcPort', 'suite', 'rekeyAfterSeconds', 'mapPool4', 'socketPath', 'nftTable', 'general', 'notify', 'logLevel', 'dhcpLeases'];
+  const known = ['name', 'account', 'as', 'privateKeyFile', 'listen', 'tun', 'lan', 'publish', 'dns', 'resolvers', 'dc', 'dcPort', 'suite', 'rekeyAfterSeconds', 'mapPool4', 'socketPath', 'nftTable', 'general', 'notify', 'logLevel', 'dhcpLeases', 'uplinks', 'uplinkTable'];
   for (const k of Object.keys(root)) if (!known.includes(k)) throw new RouterConfigError(`${k}: unknown setting (known: ${known.join(', ')})`);
   const account = obj(root.account, 'account');
   let password: string;
@@ -187,6 +195,17 @@ export function parseRouterConfig(text: string, baseDir = '.'): RouterConfig {
   if (!(LOG_LEVELS as readonly string[]).includes(logLevel)) throw new RouterConfigError(`logLevel: "${logLevel}", want one of ${LOG_LEVELS.join(', ')}`);
   const tunName = str(tun, 'name', 'tun.', 'ntm0');
   if (tunName.length > 15) throw new RouterConfigError(`tun.name: "${tunName}" is longer than 15 characters`);
+  const lanInterfaces = strings(lan, 'interfaces', 'lan.');
+  const uplinks = strings(root, 'uplinks', '');
+  uplinks.forEach((d, i) => {
+    if (!isIfName(d)) throw new RouterConfigError(`uplinks[${i}]: ${JSON.stringify(d)} is not an interface name (1 to 15 bytes, no "/", ":" or white space)`);
+    if (uplinks.indexOf(d) !== i) throw new RouterConfigError(`uplinks[${i}]: "${d}" is listed twice`);
+    if (d === tunName || lanInterfaces.includes(d)) throw new RouterConfigError(`uplinks[${i}]: "${d}" is ${d === tunName ? 'our TUN device (tun.name)' : 'a LAN interface (lan.interfaces)'}, not an uplink`);
+  });
+  // Both rule priorities (this number and the next) must come before the main table's rule
+  // (32766); 253-255 are the kernel's own tables.
+  const uplinkTable = int(root, 'uplinkTable', '', 4500, 1, 32764);
+  if (uplinkTable >= 253 && uplinkTable <= 255) throw new RouterConfigError(`uplinkTable: ${uplinkTable} is one of the kernel's tables (default, main, local)`);
   return {
     name: ownName,
     account: { email: str(account, 'email', 'account.'), password },
@@ -194,7 +213,9 @@ export function parseRouterConfig(text: string, baseDir = '.'): RouterConfig {
     privateKeyFile: resolvePath(baseDir, str(root, 'privateKeyFile', '', '/etc/ntmobile/node.key')),
     listen: { address: str(listen, 'address', 'listen.', '::'), port: int(listen, 'port', 'listen.', 4500, 0, 65535) },
     tun: { name: tunName, mtu: int(tun, 'mtu', 'tun.', 1400, 1280, 9000) },
-    lan: { interfaces: strings(lan, 'interfaces', 'lan.') },
+    lan: { interfaces: lanInterfaces },
+    uplinks,
+    uplinkTable,
     publish,
     dns: {
       address: str(dns, 'address', 'dns.', '127.0.0.1'),
@@ -215,6 +236,11 @@ export function parseRouterConfig(text: string, baseDir = '.'): RouterConfig {
     logLevel: logLevel as LogLevel,
     dhcpLeases: str(root, 'dhcpLeases', '', '/tmp/dhcp.leases'),
   };
+}
+
+/** A name Linux accepts for a network device (dev_valid_name). */
+function isIfName(n: string): boolean {
+  return n.length > 0 && Buffer.byteLength(n) <= 15 && n !== '.' && n !== '..' && !/[/:\s]/.test(n);
 }
 
 function resolvePath(base: string, p: string): string {

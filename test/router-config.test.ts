@@ -73,3 +73,28 @@ t.test('bad input: a RouterConfigError that names the setting', async (t) => {
     t.throws(() => parseRouterConfig(text, dir), re, `${JSON.stringify(input)} → ${re}`);
   }
 });
+
+t.test('uplinks: the devices NTMobile may use, most preferred first', async (t) => {
+  const d = parse({});
+  t.strictSame(d.uplinks, [], 'default: none listed, the kernel’s routing decides');
+  t.equal(d.uplinkTable, 4500);
+  const c = parse({ uplinks: ['wwan0', 'eth1', 'phy0-sta0'], uplinkTable: 200, lan: { interfaces: ['br-lan'] } });
+  t.strictSame(c.uplinks, ['wwan0', 'eth1', 'phy0-sta0'], 'kept in the operator’s order');
+  t.equal(c.uplinkTable, 200);
+  const cases: [Record<string, unknown>, RegExp][] = [
+    [{ uplinks: 'wwan0' }, /^uplinks: want a list of strings/],
+    [{ uplinks: ['wwan0', 7] }, /^uplinks: want a list of strings/],
+    [{ uplinks: [''] }, /^uplinks\[0\]: "" is not an interface name/],
+    [{ uplinks: ['eth1', 'a-very-long-name0'] }, /^uplinks\[1\]: "a-very-long-name0" is not an interface name \(1 to 15 bytes/],
+    [{ uplinks: ['wan:1'] }, /^uplinks\[0\]: "wan:1" is not an interface name/],
+    [{ uplinks: ['wan 1'] }, /^uplinks\[0\]: "wan 1" is not an interface name/],
+    [{ uplinks: ['..'] }, /^uplinks\[0\]: "\.\." is not an interface name/],
+    [{ uplinks: ['eth1', 'eth1'] }, /^uplinks\[1\]: "eth1" is listed twice/],
+    [{ uplinks: ['wwan0', 'br-lan'], lan: { interfaces: ['br-lan'] } }, /^uplinks\[1\]: "br-lan" is a LAN interface \(lan\.interfaces\), not an uplink/],
+    [{ uplinks: ['ntm0'] }, /^uplinks\[0\]: "ntm0" is our TUN device \(tun\.name\), not an uplink/],
+    [{ uplinkTable: 254 }, /^uplinkTable: 254 is one of the kernel's tables/],
+    [{ uplinkTable: 32766 }, /^uplinkTable: 32766 is not an integer in 1\.\.32764/],
+    [{ uplinkTable: 0 }, /^uplinkTable: 0 is not an integer/],
+  ];
+  for (const [input, re] of cases) t.throws(() => parse(input), re, `${JSON.stringify(input)} → ${re}`);
+});
