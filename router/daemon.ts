@@ -4,7 +4,6 @@
 // Direction → Tunnel Request), the userspace engine (TUN + ESP on one UDP port), the LAN's
 // translation to VIPs (nftables) and the local API. Everything it sets up it removes on stop.
 
-import { createSocket } from 'node:dgram';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { isIP } from 'node:net';
@@ -29,6 +28,7 @@ import { login, LoginError, type LoginResult } from './login.js';
 import { TunnelTable } from '../tunnel/table.js';
 import { TunnelManager, TunnelSetupError, type PathUpdateResult, type PeerInfo } from '../tunnel/setup.js';
 import { UplinkMonitor } from './uplink.js';
+import { UplinkPolicy } from './uplink-policy.js';
 import { NotifyClient, requestNotifyGrant } from './notify.js';
 
 /** Retransmission for requests a DNS answer waits on: must fit inside the DNS hook's deadline. */
@@ -131,6 +131,8 @@ export class RouterDaemon {
   private readonly mapPool: AddressPool;
   private stopped = false;
   private readonly uplink: UplinkMonitor;
+  /** Which device our UDP traffic leaves through (config `uplinks`; empty: the kernel's choice). */
+  private readonly uplinkPolicy: UplinkPolicy;
   private handingOver: Promise<void> | null = null;
   private pendingHandover: Move | null = null;
   /** A move noticed while we were not registered: handled as soon as we are again. */
@@ -201,13 +203,9 @@ export class RouterDaemon {
         onWake: () => this.wake(),
       });
     }
+    this.uplinkPolicy = new UplinkPolicy({ devices: config.uplinks, table: config.uplinkTable, ownDevice: config.tun.name, log: (l) => this.logger.info(l) });
     this.uplink = new UplinkMonitor({
-      probe: async () => {
-        if (this.dcAddress === null) return null;
-        // With the carrier down the kernel answers with the unspecified address: no uplink.
-        const a = (await this.localEndpoint()).address;
-        return a === '0.0.0.0' || a === '::' ? null : a;
-      },
+      probe: async () => (this.dcAddress === null ? null : (await this.localEndpoint()).address),
       onChange: (from, to) => this.handover({ reason: `uplink ${from ?? 'none'} → ${to ?? 'none'}`, from, to, rebinding: false }),
       ownDevice: config.tun.name,
       log: (l) => this.log(l),
@@ -229,6 +227,7 @@ export class RouterDaemon {
     await this.api.start();
     this.device = await TunDevice.open({ name: c.tun.name, mtu: c.tun.mtu, addresses: [] });
     this.socket = UdpSocket.open({ bindAddress: c.listen.address, port: c.listen.port });
+    await this.uplinkPolicy.start(this.socket.port);
     this.engine = new Engine(this.device, this.socket, this.table, { onControl: (msg, from) => this.channel.receive(msg, from) });
     this.engine.start();
     this.tunnels.start();
@@ -394,20 +393,15 @@ export class RouterDaemon {
     });
   }
 
-  /** The address and port the DC should see if there were no NAT: our source address towards it. */
-  private localEndpoint(): Promise<WireEndpoint> {
-    return new Promise((resolve, reject) => {
-      const s = createSocket(isIP(this.dcAddress!) === 6 ? 'udp6' : 'udp4');
-      s.on('error', (e) => {
-        s.close();
-        reject(e);
-      });
-      s.connect(this.config.dcPort, this.dcAddress!, () => {
-        const a = s.address().address;
-        s.close();
-        resolve({ address: a, port: this.socket!.port });
-      });
-    });
+  /**
+   * The address and port the DC should see if there were no NAT: the source address of our own
+   * socket's datagrams towards it (the kernel's lookup for our port, so the uplink policy's rules
+   * apply); throws when there is none (no route, no usable listed uplink).
+   */
+  private async localEndpoint(): Promise<WireEndpoint> {
+    const address = await this.uplinkPolicy.source(this.dcAddress!, this.config.dcPort);
+    if (address === null) throw new Error(`no route to the DC ${this.dcAddress} from our port ${this.socket!.port}`);
+    return { address, port: this.socket!.port };
   }
 
   private scheduleKeepalive(): void {
@@ -757,7 +751,7 @@ export class RouterDaemon {
       port: this.socket?.port ?? null,
       registered: [...this.registered.values()],
       notify: this.notify?.status() ?? null,
-      uplink: { address: this.uplink.address, handovers: this.counters.handovers, lastHandover: this.lastHandover, recentHandovers: this.recentHandovers, observedByDc: this.observedByDc === null ? null : formatEndpoint(this.observedByDc) },
+      uplink: { address: this.uplink.address, handovers: this.counters.handovers, lastHandover: this.lastHandover, recentHandovers: this.recentHandovers, observedByDc: this.observedByDc === null ? null : formatEndpoint(this.observedByDc), candidates: this.uplinkPolicy.status() },
       keyId: this.session?.keyId ?? null,
       keyExpiresAt: this.session?.expiresAt ?? null,
       counters: { daemon: { ...this.counters }, channel: { ...this.channel.counters }, tunnels: { ...this.tunnels.counters }, engine: this.engine?.counters.snapshot() ?? null, dns: this.dnsHook ? { ...this.dnsHook.counters } : null },
@@ -805,6 +799,7 @@ export class RouterDaemon {
     this.leases.stop();
     await this.lan.remove().catch((e: Error) => this.logger.error(`nftables: ${e.message}`));
     this.engine?.stop();
+    await this.uplinkPolicy.stop();
     await this.api.stop();
   }
 }
