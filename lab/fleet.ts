@@ -216,6 +216,9 @@ export interface FleetOptions {
   raNodeFlags?: string[];
   /** The AS's login limits (servers/as): a swarm of nodes logging in from one address needs more than 20 a minute. */
   asLimits?: Partial<LoginLimits>;
+  // ---- uplink preference (test/uplink-preference-e2e.test.ts) ----
+  /** More settings for a router's JSON config, over the fleet's own (e.g. `{ ra: { uplinks: ['eth0', 'wwan0'] } }`). */
+  routerConfig?: Partial<Record<'ra' | 'rb', Record<string, unknown>>>;
 }
 
 /** What a router of the fleet is configured with (the fleet's own JSON config, or UCI). */
@@ -451,6 +454,7 @@ export async function buildFleet(lab: Lab, o: FleetOptions): Promise<Fleet> {
         ...(o.rekeyAfterSeconds ? { rekeyAfterSeconds: o.rekeyAfterSeconds } : {}),
         socketPath: socket,
         nftTable: 'ntmobile',
+        ...o.routerConfig?.[tag],
       }),
       { mode: 0o600 },
     );
