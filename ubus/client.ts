@@ -354,7 +354,7 @@ export class UbusClient extends EventEmitter {
     this.log = options.log ?? (() => undefined);
   }
 
-  /** Connected, and everything registered is published. */
+  /** Connected, and the registered objects and event registrations published (a refusal is logged). */
   get ready(): boolean {
     return this.isReady;
   }
@@ -404,6 +404,7 @@ export class UbusClient extends EventEmitter {
         this.failedAttempts = 0;
       },
       (e: Error) => {
+        if (this.closed) throw new UbusError(UbusStatus.CONNECTION_FAILED, 'ubus: client closed', { cause: e });
         this.stats.failedConnects++;
         if (this.failedAttempts++ === 0) this.log(`ubus: cannot connect to ${this.socketPath} (${e.message})${this.keepTrying ? ': retrying in the background' : ''}`);
         if (this.keepTrying) this.scheduleRetry();
