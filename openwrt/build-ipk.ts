@@ -14,8 +14,8 @@
 // OpenWrt userland, itself built with glibc, can load.
 import { execFileSync } from 'node:child_process';
 import {
-  appendFileSync, chmodSync, copyFileSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync,
-  symlinkSync, writeFileSync,
+  appendFileSync, chmodSync, copyFileSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync,
+  renameSync, rmSync, statSync, symlinkSync, writeFileSync,
 } from 'node:fs';
 import { isBuiltin } from 'node:module';
 import path from 'node:path';
@@ -170,14 +170,13 @@ export function runInstall(lines: string[], root: string, installDir: string): v
     if (op === 'INSTALL_DIR') {
       for (const dir of words) mkdirSync(dir, { recursive: true, mode: 0o755 });
     } else if (op !== undefined && op in INSTALL_MODES && words.length === 2) {
-      const [from, to] = words;
+      const [from, dest] = words;
       if (!existsSync(from)) throw new BuildError(`${MAKEFILE}: install: ${from} does not exist (line "${line}")`);
+      const to = dest.endsWith('/') || (existsSync(dest) && statSync(dest).isDirectory()) ? path.join(dest, path.basename(from)) : dest;
       copyFileSync(from, to);
       chmodSync(to, INSTALL_MODES[op]);
     } else if (op === 'CP' && words.length === 2) {
       copyTree(words[0], words[1], line);
-    } else if (op === 'LN' && words.length === 2) {
-      symlinkSync(args[0], words[1]);
     } else {
       throw new BuildError(`${MAKEFILE}: install: unsupported line "${line}"`);
     }
