@@ -70,12 +70,27 @@ if (process.getuid?.() !== 0) {
 const runSh = path.join(userland, 'run.sh');
 const instanceEnv = { OWRT_INSTANCE: id };
 
-t.teardown(async () => {
+let removed = false;
+/** Ends the CLI children, the instance and the namespace; also on a failed setup, an exit or a signal. */
+function removeInstance(): void {
+  if (removed) return;
+  removed = true;
   for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGTERM');
-  for (const c of cleanups.reverse()) await c();
   spawnSync(runSh, ['stop'], { env: { ...process.env, ...instanceEnv }, timeout: 30_000 });
   spawnSync(runSh, ['reset'], { env: { ...process.env, ...instanceEnv }, timeout: 30_000 });
   spawnSync('ip', ['netns', 'del', netns]);
+}
+process.once('exit', removeInstance);
+for (const [signal, code] of [['SIGINT', 130], ['SIGTERM', 143]] as const) {
+  // before tap's own handler, which ends the process by the signal (no exit handlers then)
+  process.prependOnceListener(signal, () => {
+    removeInstance();
+    process.exit(code);
+  });
+}
+t.teardown(async () => {
+  for (const c of cleanups.reverse()) await c();
+  removeInstance();
 });
 
 const added = spawnSync('ip', ['netns', 'add', netns], { encoding: 'utf8' });
