@@ -93,6 +93,7 @@ export class UbusApi {
     this.client.start();
   }
 
+  /** Withdraws the object by closing the connection; final (a stopped UbusApi does not start again). */
   async stop(): Promise<void> {
     await this.client.close();
   }
