@@ -9,7 +9,7 @@ import { appendFileSync, existsSync, lstatSync, mkdtempSync, readdirSync, readFi
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { controlDepends, libcOf, parseMakefile, readPackageInfo, MAKEFILE, PACKAGE_DIR } from '../openwrt/build-ipk.js';
+import { checkMusl, controlDepends, libcOf, parseMakefile, readPackageInfo, MAKEFILE, PACKAGE_DIR } from '../openwrt/build-ipk.js';
 import { OWRT_DIR, userlandDir } from '../lab/openwrt.js';
 
 const REPO = fileURLToPath(new URL('../../', import.meta.url));
@@ -145,6 +145,7 @@ t.test('musl addon: libc.so only, no glibc symbol versions', async (t) => {
   t.strictSame(needed, ['libc.so']);
   t.strictSame(glibcVersions, []);
   t.strictSame(libcOf(path.join(host.dir, 'data', ADDON)).needed, ['libc.so.6'], 'the host variant is the glibc one');
+  t.throws(() => checkMusl(path.join(host.dir, 'data', ADDON)), /not a musl-only object: NEEDED \[libc\.so\.6\] \(want \[libc\.so\]\), glibc symbol versions \[GLIBC_/, 'the check fails the build on a glibc object, saying why');
 });
 
 t.test('host addon: the installed native.js finds and loads it', async (t) => {
