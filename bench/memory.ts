@@ -12,7 +12,7 @@
 // The node flags are the router's: the NODE_FLAGS="…" line of the procd init script, so that the
 // benchmark measures what the router runs.
 //
-//   node dist/bench/memory.js [--peers 100] [--seconds 15] [--node-flags "…"]
+//   node dist/bench/memory.js [--peers 100] [--seconds 15] [--node-flags="…"]
 
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
@@ -25,26 +25,20 @@ import { iperf3, rssKb, sleep } from './measure.js';
 /** The procd init script whose NODE_FLAGS line the router daemon runs with. */
 export const INIT_SCRIPT = fileURLToPath(new URL('../../openwrt/net/ntmobile/files/ntmobile.init', import.meta.url));
 
-/**
- * Stop-gap while the init script does not exist yet: the flags it is to carry. Once it has its
- * NODE_FLAGS line, that line is what counts (and this constant goes).
- */
-export const STOPGAP_NODE_FLAGS = '--max-semi-space-size=1 --max-old-space-size=48';
-
 /** Seconds a state is left to settle (timers, GC) before its peak is read. */
 const SETTLE_MS = 3000;
 
-const USAGE = `Usage: node dist/bench/memory.js [--peers N] [--seconds S] [--node-flags "FLAGS"]
+const USAGE = `Usage: node dist/bench/memory.js [--peers N] [--seconds S] [--node-flags="FLAGS"]
 
 Peak RSS (VmHWM) of the router daemon in one run, in network namespaces it creates and removes:
 a bare node with the same flags (baseline), the daemon logged in and registered (idle), with N
 tunnels to N distinct peers (tunnels), and with iperf3 through one of them for S seconds (load).
-The node flags come from the NODE_FLAGS="…" line of openwrt/net/ntmobile/files/ntmobile.init
-(until that file exists: the stop-gap STOPGAP_NODE_FLAGS in bench/memory.ts).
+The node flags come from the NODE_FLAGS="…" line of openwrt/net/ntmobile/files/ntmobile.init,
+the router's procd init script, so that the benchmark measures what the router runs.
 
-  --peers N         tunnels (default 100: router B and a swarm of N - 1 nodes)
-  --seconds S       iperf3 under load (default 15)
-  --node-flags F    run with these flags instead (experiments; the JSON says which were used)
+  --peers N           tunnels (default 100: router B and a swarm of N - 1 nodes)
+  --seconds S         iperf3 under load (default 15)
+  --node-flags="F"    run with these flags instead (experiments; the JSON says which were used)
 
 Takes about 2 minutes with the defaults (fleet 30 s, swarm logins 15 s, tunnels 10 s, load S s).
 Progress on stderr, the table and one JSON line on stdout.
@@ -77,13 +71,7 @@ if (!Number.isInteger(seconds) || seconds < 2 || seconds > 600) {
 /** The router's node flags and where they came from. */
 function routerNodeFlags(): { flags: string[]; source: string } {
   if (values['node-flags'] !== undefined) return { flags: splitFlags(values['node-flags']), source: '--node-flags' };
-  let script: string;
-  try {
-    script = readFileSync(INIT_SCRIPT, 'utf8');
-  } catch {
-    return { flags: splitFlags(STOPGAP_NODE_FLAGS), source: 'STOPGAP_NODE_FLAGS in bench/memory.ts (no init script yet)' };
-  }
-  const m = /^\s*NODE_FLAGS="([^"]*)"/m.exec(script);
+  const m = /^\s*NODE_FLAGS="([^"]*)"/m.exec(readFileSync(INIT_SCRIPT, 'utf8'));
   if (m === null) throw new Error(`${INIT_SCRIPT}: no NODE_FLAGS="…" line`);
   return { flags: splitFlags(m[1]!), source: 'openwrt/net/ntmobile/files/ntmobile.init' };
 }

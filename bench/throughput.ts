@@ -2,7 +2,7 @@
 // veth link, measured in one run: plain veth (the ceiling), our engine with each suite,
 // wireguard-go, nebula and openvpn. Prints a table, then one JSON line.
 //
-//   node dist/bench/throughput.js [--seconds N] [--only name,name] [--profile]
+//   node dist/bench/throughput.js [--seconds N] [--only name,name] [--profile] [--node-flags="…"]
 
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -17,12 +17,14 @@ const { values } = parseArgs({
     seconds: { type: 'string', default: '10' },
     only: { type: 'string' },
     profile: { type: 'boolean', default: false },
+    'node-flags': { type: 'string', default: '' },
     help: { type: 'boolean', short: 'h', default: false },
   },
 });
 if (values.help) {
-  process.stdout.write(`Usage: node dist/bench/throughput.js [--seconds N] [--only veth,ntmobile_chacha,...] [--profile]
+  process.stdout.write(`Usage: node dist/bench/throughput.js [--seconds N] [--only veth,ntmobile_chacha,...] [--profile] [--node-flags="…"]
 Runs iperf3 (TCP, one stream, N seconds, default 10) through each tunnel between two namespaces.
+--node-flags runs our daemons with these node flags (e.g. a router's NODE_FLAGS, bench/memory.ts).
 --profile writes V8 CPU profiles of our daemons (*.cpuprofile) into ./bench-profiles/
   (read them with: node dist/bench/profile-summary.js FILE).
 Keys of the JSON line: veth, ntmobile_chacha, ntmobile_aesgcm, wireguard_go, nebula, openvpn (Mbit/s),
@@ -36,12 +38,12 @@ if (!Number.isFinite(seconds) || seconds < 1) {
   process.exit(2);
 }
 const profileDir = path.resolve('bench-profiles');
-const profileArgs = values.profile ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : [];
+const daemonArgs = [...(values.profile ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : []), ...values['node-flags'].split(/\s+/).filter(Boolean)];
 
 const runs: [string, PeerSetup, string][] = [
   ['veth', plainVeth, ''],
-  ['ntmobile_chacha', ntmobile('chacha20-poly1305', profileArgs), ''],
-  ['ntmobile_aesgcm', ntmobile('aes-gcm', profileArgs), ''],
+  ['ntmobile_chacha', ntmobile('chacha20-poly1305', daemonArgs), ''],
+  ['ntmobile_aesgcm', ntmobile('aes-gcm', daemonArgs), ''],
   ['wireguard_go', wireguardGo, 'wireguard-go'],
   ['nebula', nebula, 'nebula'],
   ['openvpn', openvpn, 'openvpn'],

@@ -13,7 +13,7 @@ import { decodeSockaddr, encodeSockaddr } from '../protocol/endpoint.js';
 import { InboundSa, OutboundSa, SPI_MIN, type EspSuite } from '../protocol/esp.js';
 import { ipv4ToNumber, ipv6ToBytes } from '../protocol/ip.js';
 import { confirmationMatches, deriveKmncn, derivePathKey, deriveSaKeys, generateX25519, keyConfirmation, suiteFromCode, SUITE_CODES, x25519, type Transcript, type X25519Pair } from '../protocol/keys.js';
-import { Tunnel, type TunnelTable } from './table.js';
+import { ownCopy, Tunnel, type TunnelTable } from './table.js';
 
 export interface Route {
   routeId: number;
@@ -165,10 +165,15 @@ export class TunnelManager {
 
   /** A Route Direction for us: keep the route, then initiate or wait for the peer's request. */
   async onRouteDirection(b: Body<'routeDirection'>, timeoutMs: number): Promise<PeerInfo> {
+    // The route's keys live as long as its tunnel: one buffer of their own (ownCopy), not views
+    // into the decrypted message.
+    const keys = ownCopy(b.ktun, b.ktmp, b.peerPublicKey);
+    const ktmpAt = b.ktun.length;
+    const publicKeyAt = ktmpAt + b.ktmp.length;
     const route: Route = {
       routeId: b.routeId,
-      ktun: b.ktun,
-      ktmp: b.ktmp,
+      ktun: keys.subarray(0, ktmpAt),
+      ktmp: keys.subarray(ktmpAt, publicKeyAt),
       expiresAt: b.expiresAt,
       initiator: b.role === Role.initiator,
       localName: b.localName,
@@ -179,7 +184,7 @@ export class TunnelManager {
       peerVips4: b.peerVips4,
       peerVips6: b.peerVips6,
       peerEndpoint: b.peerEndpoint,
-      peerPublicKey: b.peerPublicKey,
+      peerPublicKey: keys.subarray(publicKeyAt),
       path: b.path,
       peerCandidate: b.peerCandidate,
       via: b.via,
@@ -306,7 +311,7 @@ export class TunnelManager {
     const vips = [...route.peerVips4, ...route.peerVips6];
     const path: PathState = route.path === PathKind.relay ? 'relay' : route.path === PathKind.gateway ? 'gateway' : 'direct';
     if (peer === undefined) {
-      const tunnel = new Tunnel(route.peerNode, null, null, outbound, inbound, Buffer.from(from), 20);
+      const tunnel = new Tunnel(route.peerNode, null, null, outbound, inbound, ownCopy(from), 20);
       tunnel.roaming = path === 'direct';
       table.add(tunnel);
       peer = { tunnel, route, names: new Map(), keyedAt: this.o.now(), rekeys: 0, path, pathKey, prevPathKey: null, prevOutboundSpi: null, lastCommitAt: 0, retryAt: 0, renewFailures: 0 };
@@ -325,7 +330,7 @@ export class TunnelManager {
       // The answer to our request is proven by the key confirmation: the peer is where it came
       // from. A request on the same route proves only Ktun, which the DCs (and an RS) hold too:
       // it moves nothing; the peer moves its endpoint with a path update, like any move.
-      if (initiator || !sameRoute || peer.tunnel.endpoint === null) peer.tunnel.endpoint = Buffer.from(from);
+      if (initiator || !sameRoute || peer.tunnel.endpoint === null) peer.tunnel.endpoint = ownCopy(from);
       if (!stayDirect) peer.path = path;
       peer.tunnel.roaming = peer.path === 'direct';
       if (!replaced) {
@@ -429,7 +434,7 @@ export class TunnelManager {
     if (!route.initiator || peer.route !== route || peer.path !== 'relay') return;
     const commit = await this.o.channel.request('pathProbe', { commit: 1, pad: '' }, key(), ack.from, policy);
     if (peer.route !== route) return;
-    peer.tunnel.endpoint = Buffer.from(commit.from);
+    peer.tunnel.endpoint = ownCopy(commit.from);
     peer.path = 'upgraded';
     this.counters.upgrades++;
     this.o.log(`tunnel to ${route.peerNode}: moved from relay ${route.via} to the direct path ${fmtSockaddr(commit.from)}`);
@@ -516,7 +521,7 @@ export class TunnelManager {
       // The peer proves with the tunnel's own key that it is now at m.from: it left the relay
       // for a direct path, or it moved (MOBIKE-like path update: same SAs, new outer address).
       const moved = peer.tunnel.endpoint === null || !peer.tunnel.endpoint.equals(m.from);
-      peer.tunnel.endpoint = Buffer.from(m.from);
+      peer.tunnel.endpoint = ownCopy(m.from);
       if (peer.path === 'relay') {
         this.counters.upgrades++;
         this.o.log(`tunnel to ${peer.route.peerNode}: moved from relay ${peer.route.via} to the direct path ${fmtSockaddr(m.from)} (peer's commit)`);
