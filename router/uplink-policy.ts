@@ -229,7 +229,10 @@ export class UplinkPolicy {
 
   private async apply(): Promise<void> {
     if (this.stopped) return;
-    const [links, addresses, routes, rules] = [await listLinks(), await listAddresses(), await listRoutes({ table: 'all' }), await listRules()];
+    const links = await listLinks();
+    const addresses = await listAddresses();
+    const routes = await listRoutes({ table: 'all' });
+    const rules = await listRules();
     const candidates = candidatesOf(this.o.devices, { links, addresses, routes });
     for (const f of FAMILIES) {
       const chosen = chooseUplink(candidates, f);
@@ -237,7 +240,7 @@ export class UplinkPolicy {
       const was = this.chosen[f];
       const now = chosen?.device ?? null;
       if (now !== was) {
-        const why = was === null ? '' : `; ${was}: ${whyNot(candidates.find((c) => c.device === was), f)}`;
+        const why = was === null ? '' : `; ${was}: ${whyNot(candidates.find((c) => c.device === was)!, f)}`;
         this.log(now === null ? `uplinks: IPv${f}: none of ${this.o.devices.join(', ')} is usable${why}` : `uplinks: IPv${f} through ${now}${why}`);
         this.chosen[f] = now;
       }
@@ -293,8 +296,7 @@ function sameRule(a: RuleInfo, b: RuleInfo): boolean {
 }
 
 /** Why a device is not (any more) the one for a family, for the log. */
-function whyNot(c: UplinkCandidate | undefined, f: Family): string {
-  if (c === undefined) return 'not listed';
+function whyNot(c: UplinkCandidate, f: Family): string {
   if (c.link !== 'up') return c.link === 'absent' ? 'gone' : c.link === 'down' ? 'link down' : 'no carrier';
   const x = familyOf(c, f);
   if (x.address === null) return `no IPv${f} address`;
