@@ -2,7 +2,8 @@
 // engines over fake devices (pure logic: no sockets, no kernel). What is checked here is who may
 // move a tunnel: a rekey made by a holder of Ktun only (a DC, an RS) must not steer or break it,
 // a path commit sent earlier than the one taken must not pull it back, and a move in the middle
-// of a rekey is still a path update.
+// of a rekey is still a path update. And that what a tunnel keeps for its life holds no slice of
+// node's shared Buffer pool (one such slice keeps a whole 8 KB slab alive per tunnel).
 
 import t from 'tap';
 import { ControlChannel, type Incoming } from '../protocol/channel.js';
@@ -249,4 +250,18 @@ t.test('two routes to one peer at once (two names resolved together): one Tunnel
   p.esp('b');
   t.equal(p.nodes.a.dev.written.length, 1, 'B → A');
   t.equal(pb.tunnel.outbound.spi, pa.tunnel.inbound.spi, 'B sends on the SA A holds as current');
+});
+
+t.test("a tunnel's endpoint and its route's keys are buffers of their own, not slices of node's pool", async (t) => {
+  const p = pair();
+  t.teardown(p.stop);
+  // As a decoded message gives them: views into one larger buffer.
+  const message = Buffer.concat([Buffer.alloc(100), p.ktun, randomBytes(32)]);
+  const rb = p.nodes.b.tunnels.onRouteDirection({ ...p.direction('b'), ktun: message.subarray(100, 132), ktmp: message.subarray(132, 164) }, 2000);
+  await p.nodes.a.tunnels.onRouteDirection({ ...p.direction('a'), ktmp: message.subarray(132, 164) }, 2000);
+  const pb = await rb;
+  const owned = (b: Buffer | null, length: number) => b !== null && b.buffer.byteLength === length;
+  t.ok(owned(pb.tunnel.endpoint, 28), 'the endpoint owns its 28 bytes');
+  t.ok(owned(pb.route.ktun, 96) && pb.route.ktun.buffer === pb.route.ktmp.buffer && pb.route.ktmp.buffer === pb.route.peerPublicKey.buffer, 'Ktun, Ktmp and the peer key share one 96-byte buffer');
+  t.ok(pb.route.ktun.equals(p.ktun), 'with the same bytes');
 });
