@@ -3,13 +3,13 @@
 // come up while it runs, both better by the kernel's metrics: wwan0 behind site c's NAT (metric
 // 50) and usb0 on the global site d (metric 10, not listed). The daemon stays on eth0: no
 // handover, the DC and router B still see it at site a, although the kernel routes everything
-// else through usb0. During a TCP transfer a1 → b2 (by name, SHA-256 at both ends) and UDP probe
+// else (other programs, forwarded LAN traffic) through usb0. During a TCP transfer a1 → b2 (by name, SHA-256 at both ends) and UDP probe
 // streams both ways, eth0 loses its carrier (an LTE modem out of coverage): exactly one handover,
 // to wwan0 (never usb0); the carrier comes back: exactly one handover back to eth0. The gaps are
 // reported. Then the daemon is killed (SIGKILL) and started again: it finds its rules from the
 // crashed run and leaves one set; stopped properly, it leaves no rule and no route of its own.
 //
-// About 45 s.
+// About 75 s.
 import t from 'tap';
 import { Lab, type Host } from '../lab/lab.js';
 import { buildFleet, HANDOVER_SITES, LAN, NAMES, type Fleet, type RouterUplink } from '../lab/fleet.js';
@@ -108,6 +108,8 @@ t.test('uplink preference: router A keeps to eth0 while the kernel prefers other
       );
       t.equal(await kernelSource(fleet.ra.host, fleet.dc1.address, false), usb0.address, `the kernel routes other traffic to the DC through usb0 (${usb0.address}, metric 10)`);
       t.equal(await kernelSource(fleet.ra.host, fleet.dc1.address, true), eth0.address, `and the daemon's port through eth0 (${eth0.address}, metric 100)`);
+      const forwarded = await fleet.ra.host.exec('ip', ['-4', 'route', 'get', fleet.dc1.address, 'from', LAN.a1, 'iif', 'lan0', 'ipproto', 'udp', 'sport', '4500']);
+      t.match(forwarded.stdout, /\bdev usb0\b/, `forwarded LAN traffic, even from port 4500, keeps the kernel's route (${forwarded.stdout.split('\n')[0]?.trim()})`);
       // One DC keepalive after the new uplinks came (the DC asks for one every 5 s).
       await waitFor('a DC keepalive after the new uplinks', 10_000, () => status(fleet), (s) => s.counters.daemon.keepalives > keepalivesThen);
       const st1 = await status(fleet);
