@@ -104,71 +104,74 @@ interface State {
 const { flags, source } = routerNodeFlags();
 say(`node flags: ${flags.join(' ') || '(none)'} (from ${source})`);
 
-await Lab.withLab(
-  async (lab) => {
-    say('building the fleet (AS, two DCs, RS, routers A and B with their LANs; no NAT)');
-    const fleet = await buildFleet(lab, {
-      case: 'no-nat',
-      verbose: false,
-      raNodeFlags: flags,
-      // The swarm's nodes all log in from one address.
-      asLimits: { sourceRequests: 10 * peers },
-    });
-    try {
-      const states: State[] = [];
-      const daemon = fleet.ra.program.process.pid!;
-      const read = (key: State['key'], what: string, pid: number): State => {
-        const m = rssKb(pid);
-        const s = { key, what, hwmKb: m.hwmKb, rssKb: m.rssKb };
-        states.push(s);
-        say(`${key}: peak RSS ${m.hwmKb} kB (now ${m.rssKb} kB)`);
-        return s;
-      };
+/** Builds the fleet (kept in `built`, whose files go after the lab), then measures each state. */
+async function measure(lab: Lab): Promise<void> {
+  say('building the fleet (AS, two DCs, RS, routers A and B with their LANs; no NAT)');
+  const fleet = await buildFleet(lab, {
+    case: 'no-nat',
+    verbose: false,
+    raNodeFlags: flags,
+    // The swarm's nodes all log in from one address.
+    asLimits: { sourceRequests: 10 * peers },
+  });
+  built = fleet;
+  const states: State[] = [];
+  const daemon = fleet.ra.program.process.pid!;
+  const read = (key: State['key'], what: string, pid: number): State => {
+    const m = rssKb(pid);
+    const s = { key, what, hwmKb: m.hwmKb, rssKb: m.rssKb };
+    states.push(s);
+    say(`${key}: peak RSS ${m.hwmKb} kB (now ${m.rssKb} kB)`);
+    return s;
+  };
 
-      const bare = fleet.ra.host.spawn(process.execPath, [...flags, '-e', 'setInterval(() => {}, 1 << 30)'], { log: 'baseline' });
-      await sleep(SETTLE_MS);
-      read('baseline', 'bare node, same flags', bare.pid!);
+  const bare = fleet.ra.host.spawn(process.execPath, [...flags, '-e', 'setInterval(() => {}, 1 << 30)'], { log: 'baseline' });
+  await sleep(SETTLE_MS);
+  read('baseline', 'bare node, same flags', bare.pid!);
 
-      say('idle: router A logged in and registered, no tunnel');
-      await sleep(SETTLE_MS);
-      if ((await tunnelCount(fleet)) !== 0) throw new Error('idle: router A already has tunnels');
-      read('idle', 'registered, no tunnel', daemon);
+  say('idle: router A logged in and registered, no tunnel');
+  await sleep(SETTLE_MS);
+  if ((await tunnelCount(fleet)) !== 0) throw new Error('idle: router A already has tunnels');
+  read('idle', 'registered, no tunnel', daemon);
 
-      say(`tunnels: a swarm of ${peers - 1} nodes on the Internet (accounts, logins, registrations at DC2)`);
-      const swarm = peers > 1 ? await startSwarm(lab, fleet, { count: peers - 1 }) : null;
-      const names = [NAMES.b2, ...(swarm?.names ?? [])];
-      say(`tunnels: a1 resolves ${names.length} names through router A (one tunnel each)`);
-      const t0 = Date.now();
-      let failed = await resolveAll(fleet, names);
-      // A name whose answer missed the DNS hook's deadline (a busy machine) is asked again, as a LAN host would.
-      if (failed.length > 0) failed = await resolveAll(fleet, failed);
-      if (failed.length > 0) throw new Error(`tunnels: a1 could not resolve ${failed.length} names: ${failed.slice(0, 5).join(', ')}…`);
-      const count = await tunnelCount(fleet);
-      if (count !== peers) throw new Error(`tunnels: router A has ${count} tunnels, want ${peers}`);
-      say(`tunnels: ${count} up in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
-      await sleep(SETTLE_MS);
-      read('tunnels', `${peers} tunnels, idle`, daemon);
+  say(`tunnels: a swarm of ${peers - 1} nodes on the Internet (accounts, logins, registrations at DC2)`);
+  const swarm = peers > 1 ? await startSwarm(lab, fleet, { count: peers - 1 }) : null;
+  const names = [NAMES.b2, ...(swarm?.names ?? [])];
+  say(`tunnels: a1 resolves ${names.length} names through router A (one tunnel each)`);
+  const t0 = Date.now();
+  let failed = await resolveAll(fleet, names);
+  // A name whose answer missed the DNS hook's deadline (a busy machine) is asked again, as a LAN host would.
+  if (failed.length > 0) failed = await resolveAll(fleet, failed);
+  if (failed.length > 0) throw new Error(`tunnels: a1 could not resolve ${failed.length} names: ${failed.slice(0, 5).join(', ')}…`);
+  const count = await tunnelCount(fleet);
+  if (count !== peers) throw new Error(`tunnels: router A has ${count} tunnels, want ${peers}`);
+  say(`tunnels: ${count} up in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+  await sleep(SETTLE_MS);
+  read('tunnels', `${peers} tunnels, idle`, daemon);
 
-      say(`load: iperf3 a1 → b2 through router A's tunnel to router B, ${seconds} s`);
-      const vip = (await fleet.a1.exec('getent', ['ahostsv4', NAMES.b2])).stdout.split(/\s+/)[0]!;
-      const result = await iperf3(fleet.b2.ns, fleet.a1.ns, vip, seconds, { omit: 1, serverBind: LAN.b2 });
-      if ((await tunnelCount(fleet)) !== peers) throw new Error(`load: router A no longer has ${peers} tunnels`);
-      read('load', `${peers} tunnels, iperf3 ${result.mbps.toFixed(0)} Mbit/s`, daemon);
+  say(`load: iperf3 a1 → b2 through router A's tunnel to router B, ${seconds} s`);
+  const vip = (await fleet.a1.exec('getent', ['ahostsv4', NAMES.b2])).stdout.split(/\s+/)[0]!;
+  const result = await iperf3(fleet.b2.ns, fleet.a1.ns, vip, seconds, { omit: 1, serverBind: LAN.b2 });
+  if ((await tunnelCount(fleet)) !== peers) throw new Error(`load: router A no longer has ${peers} tunnels`);
+  read('load', `${peers} tunnels, iperf3 ${result.mbps.toFixed(0)} Mbit/s`, daemon);
 
-      const base = states[0]!.hwmKb;
-      process.stdout.write(`\nRouter daemon peak RSS (VmHWM), node ${process.version}, flags: ${flags.join(' ') || '(none)'}\n`);
-      process.stdout.write(`${'state'.padEnd(10)}${'what'.padEnd(34)}${'peak kB'.padStart(9)}${'over baseline kB'.padStart(18)}\n`);
-      for (const s of states) {
-        process.stdout.write(`${s.key.padEnd(10)}${s.what.padEnd(34)}${String(s.hwmKb).padStart(9)}${(s.key === 'baseline' ? '' : String(s.hwmKb - base)).padStart(18)}\n`);
-      }
-      const json: Record<string, unknown> = { peers, seconds, node_flags: flags.join(' '), node_flags_source: source, node: process.version };
-      for (const s of states) json[`${s.key}_rss_kb`] = s.hwmKb;
-      for (const s of states.slice(1)) json[`${s.key}_over_baseline_kb`] = s.hwmKb - base;
-      json['load_mbps'] = Number(result.mbps.toFixed(0));
-      process.stdout.write(`${JSON.stringify(json)}\n`);
-    } finally {
-      fleet.dispose();
-    }
-  },
-  { label: 'bench-memory' },
-);
+  const base = states[0]!.hwmKb;
+  process.stdout.write(`\nRouter daemon peak RSS (VmHWM), node ${process.version}, flags: ${flags.join(' ') || '(none)'}\n`);
+  process.stdout.write(`${'state'.padEnd(10)}${'what'.padEnd(34)}${'peak kB'.padStart(9)}${'over baseline kB'.padStart(18)}\n`);
+  for (const s of states) {
+    process.stdout.write(`${s.key.padEnd(10)}${s.what.padEnd(34)}${String(s.hwmKb).padStart(9)}${(s.key === 'baseline' ? '' : String(s.hwmKb - base)).padStart(18)}\n`);
+  }
+  const json: Record<string, unknown> = { peers, seconds, node_flags: flags.join(' '), node_flags_source: source, node: process.version };
+  for (const s of states) json[`${s.key}_rss_kb`] = s.hwmKb;
+  for (const s of states.slice(1)) json[`${s.key}_over_baseline_kb`] = s.hwmKb - base;
+  json['load_mbps'] = Number(result.mbps.toFixed(0));
+  process.stdout.write(`${JSON.stringify(json)}\n`);
+}
+
+// The fleet's files go once the lab has stopped its programs: the DCs write theirs up to the end.
+let built = null as Fleet | null;
+try {
+  await Lab.withLab(measure, { label: 'bench-memory' });
+} finally {
+  built?.dispose();
+}
