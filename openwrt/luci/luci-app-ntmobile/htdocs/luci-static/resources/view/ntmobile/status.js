@@ -46,12 +46,23 @@ function pathKind(route) {
 	return { kind: m[1], detail: m[2].replace(/^\((.*)\)$/, '$1') };
 }
 
-/** "12:03:04 (35s ago)" against the daemon's clock. */
+/** A duration in seconds, short: "35 s", "12 min", "3 h 5 min", "2 d". */
+function duration(s) {
+	if (s < 60)
+		return _('%d s').format(s);
+	if (s < 3600)
+		return _('%d min').format(Math.floor(s / 60));
+	if (s < 86400)
+		return _('%d h %d min').format(Math.floor(s / 3600), Math.floor(s % 3600 / 60));
+	return _('%d d').format(Math.floor(s / 86400));
+}
+
+/** "12:03:04 (35 s ago)" against the daemon's clock. */
 function when(ms, now) {
 	if (!ms)
 		return _('never');
 	const ago = Math.max(0, Math.round((now - ms) / 1000));
-	return '%s (%s)'.format(new Date(ms).toLocaleTimeString(), ago < 1 ? _('just now') : _('%s ago').format('%t'.format(ago)));
+	return '%s (%s)'.format(new Date(ms).toLocaleTimeString(), ago < 1 ? _('just now') : _('%s ago').format(duration(ago)));
 }
 
 function bytes(n) {
@@ -98,7 +109,7 @@ function chart(samples, handovers, peers) {
 	const nodes = peers.map(function(p) { return p.node; });
 	const t1 = samples.length ? samples[samples.length - 1].t : Date.now();
 	const t0 = t1 - (CHART_SAMPLES - 1) * POLL_SECONDS * 1000;
-	let max = 1;
+	let max = 1024;
 	samples.forEach(function(s) { nodes.forEach(function(n) { max = Math.max(max, s.rates[n] || 0); }); });
 	const x = function(t) { return L + (W - L - R) * (t - t0) / (t1 - t0 || 1); };
 	const y = function(v) { return T + (H - T - B) * (1 - v / max); };
@@ -275,15 +286,22 @@ return view.extend({
 			}), _('No LAN host is published: add one under Settings.'));
 	},
 
+	/** The counters that are not zero; the others folded away. */
 	drops: function(st) {
 		const c = st.counters || {};
-		return table('ntm-drops', [ _('Counter'), _('Count'), _('Meaning') ], DROP_COUNTERS.map(function(d) {
+		const rows = DROP_COUNTERS.map(function(d) {
 			const v = (c[d[0]] || {})[d[1]] || 0;
-			return {
-				attrs: { 'data-counter': d[1], 'style': v ? 'font-weight:bold' : 'color:#888' },
-				cells: [ d[1], String(v), d[2] ]
-			};
-		}), '');
+			return { value: v, attrs: { 'data-counter': d[1] }, cells: [ d[2], E('strong', {}, String(v)), E('code', {}, d[1]) ] };
+		});
+		const titles = [ _('What'), _('Count'), _('Counter') ];
+		const zero = rows.filter(function(r) { return !r.value; });
+		return E('div', {}, [
+			table('ntm-drops', titles, rows.filter(function(r) { return r.value; }), _('Nothing dropped, nothing failed.')),
+			zero.length ? E('details', { 'style': 'margin-top:.5em' }, [
+				E('summary', {}, _('%d more counters at zero').format(zero.length)),
+				table('ntm-drops-zero', titles, zero, '')
+			]) : ''
+		]);
 	},
 
 	update: function(data) {
