@@ -154,8 +154,11 @@ export class UplinkPolicy {
     const stale = await removeOwn();
     if (stale > 0) this.log(`uplinks: removed ${stale} rule(s) and route(s) an earlier run left`);
     if (!this.active) return;
+    // The first apply's errors stop the start (a kernel that cannot match ports); later ones are logged.
+    const first = this.apply();
+    this.tail = first.catch(() => undefined);
+    await first;
     this.sub = subscribe(RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE, (e) => this.onEvent(e));
-    await this.refresh();
   }
 
   /** Removes our rules and routes; an apply under way finishes first. */
@@ -277,7 +280,15 @@ export class UplinkPolicy {
     ]);
     const ours = current.filter((r) => r.protocol === RTPROT_NTMOBILE);
     for (const r of ours) if (!want.some((w) => sameRule(w, r))) await delRule(r).catch(ignore('ENOENT'));
-    for (const w of want) if (!ours.some((r) => sameRule(w, r))) await addRule(w).catch(ignore('EEXIST', 'EAFNOSUPPORT'));
+    const missing = want.filter((w) => !ours.some((r) => sameRule(w, r)));
+    for (const w of missing) await addRule(w).catch(ignore('EEXIST', 'EAFNOSUPPORT'));
+    if (missing.length === 0) return;
+    // A kernel before 4.17 ignores the port, protocol and owner attributes it does not know: the
+    // rule would then send every program's traffic through our table. Take it out and say so.
+    const crude = (await listRules()).filter((r) => (r.priority === this.o.table || r.priority === this.o.table + 1) && r.iifname === 'lo' && (r.sport === undefined || r.protocol !== RTPROT_NTMOBILE));
+    if (crude.length === 0) return;
+    for (const r of crude) await delRule(r).catch(ignore('ENOENT'));
+    throw new Error(`uplinks: the kernel ignores a rule's ipproto, sport or protocol (Linux 4.17 or later needed): ${crude.length} rule(s) taken out again`);
   }
 }
 
