@@ -6,7 +6,7 @@
 // (stopped, rootfs deleted) with it.
 
 import { execFile } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { appendFileSync, copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { apiCall } from '../router/api.js';
@@ -45,8 +45,8 @@ export interface OpenWrt {
   run(script: string, o?: { timeoutMs?: number }): Promise<string>;
   /** opkg install of a package file (postinst runs, as on a router). */
   install(ipk: string): Promise<RunResult>;
-  /** What procd's services wrote to stdout/stderr (the system log on a router). */
-  procdLog(): string;
+  /** The system log: what procd's services wrote to stdout/stderr (`logread` on a router). */
+  syslog(): string;
   /** Stop every daemon of the instance and delete its rootfs. */
   remove(): Promise<void>;
 }
@@ -60,6 +60,64 @@ function runSh(args: string[], env: Record<string, string>, timeoutMs: number, n
     });
   });
 }
+
+// OpenWrt's base-files define these in /lib/functions.sh; the userland's functions.sh is a subset
+// without them, and every package built by the buildroot (ours too) calls them from its postinst
+// and prerm. These do what base-files' do, for a package installed on a running system: run the
+// package's own script, then its uci-defaults (deleted when they succeed) and enable + start its
+// init scripts; prerm: the package's script, then disable + stop. Added only where missing.
+export const BASE_FILES_SCRIPTS = `
+default_postinst() {
+	local pkgname="$(basename "\${1%.*}")" ret=0 i
+	local filelist="/usr/lib/opkg/info/$pkgname.list"
+	if [ -f "/usr/lib/opkg/info/$pkgname.postinst-pkg" ]; then
+		( . "/usr/lib/opkg/info/$pkgname.postinst-pkg" ); ret=$?
+	fi
+	if grep -m1 -q -s "^/etc/uci-defaults/" "$filelist"; then
+		for i in $(grep -s "^/etc/uci-defaults/" "$filelist"); do
+			( [ -f "$i" ] && cd "$(dirname "$i")" && . "$i" ) && rm -f "$i"
+		done
+		uci commit
+	fi
+	for i in $(grep -s "^/etc/init.d/" "$filelist"); do
+		[ "$PKG_UPGRADE" = 1 ] || "$i" enable
+		"$i" start
+	done
+	return $ret
+}
+default_prerm() {
+	local pkgname="$(basename "\${1%.*}")" ret=0 i
+	if [ -f "/usr/lib/opkg/info/$pkgname.prerm-pkg" ]; then
+		( . "/usr/lib/opkg/info/$pkgname.prerm-pkg" ); ret=$?
+	fi
+	for i in $(grep -s "^/etc/init.d/" "/usr/lib/opkg/info/$pkgname.list"); do
+		[ "$PKG_UPGRADE" = 1 ] || "$i" disable
+		"$i" stop
+	done
+	return $ret
+}
+`;
+
+/** Adds BASE_FILES_SCRIPTS to an instance's /lib/functions.sh where they are missing. */
+export function addBaseFilesScripts(root: string): void {
+  const functions = path.join(root, 'lib/functions.sh');
+  if (!readFileSync(functions, 'utf8').includes('default_postinst()')) appendFileSync(functions, BASE_FILES_SCRIPTS);
+}
+
+/** Where the instance's system log is written (rootfs path). */
+const SYSLOG_FILE = 'tmp/log/messages';
+/** The userland has no logd: busybox's syslogd under procd stands in for it. */
+const SYSLOG_INIT = `#!/bin/sh /etc/rc.common
+# The system log of the lab's OpenWrt userland (logd's place on a router).
+START=12
+USE_PROCD=1
+start_service() {
+	mkdir -p /tmp/log
+	procd_open_instance
+	procd_set_param command /bin/busybox syslogd -n -S -O /${SYSLOG_FILE}
+	procd_close_instance
+}
+`;
 
 /**
  * Starts an OpenWrt userland instance in a lab host's namespace. `bwrapArgs` add mounts for every
@@ -75,7 +133,6 @@ export async function startOpenWrt(lab: Lab, host: Host, o: { tag?: string; bwra
     OWRT_BWRAP_ARGS: (o.bwrapArgs ?? []).join(' '),
   };
   const root = path.join(OWRT_DIR, 'instances', instance, 'root');
-  const log = path.join(OWRT_DIR, 'instances', instance, 'log');
   const started = await runSh(['start'], env, 60_000, host.ns);
   const owrt: OpenWrt = {
     instance,
@@ -89,9 +146,9 @@ export async function startOpenWrt(lab: Lab, host: Host, o: { tag?: string; bwra
       return r.stdout;
     },
     install: (ipk) => runSh(['install', ipk], env, 120_000),
-    procdLog() {
+    syslog() {
       try {
-        return readFileSync(path.join(log, 'procd.log'), 'utf8');
+        return readFileSync(path.join(root, SYSLOG_FILE), 'utf8');
       } catch {
         return '';
       }
@@ -104,6 +161,15 @@ export async function startOpenWrt(lab: Lab, host: Host, o: { tag?: string; bwra
   if (started.code !== 0) {
     await owrt.remove();
     throw new Error(`openwrt ${instance}: run.sh start failed (${started.code}):\n${started.stdout}${started.stderr}`);
+  }
+  addBaseFilesScripts(root);
+  // A system log, as logd is on a router: procd sends its services' stdout/stderr to syslog
+  // (/dev/log in procd's own mount namespace, so the logger must be one of procd's services).
+  writeFileSync(path.join(root, 'etc/init.d/log'), SYSLOG_INIT, { mode: 0o755 });
+  const logStarted = await owrt.sh('/etc/init.d/log enable && /etc/init.d/log start');
+  if (logStarted.code !== 0) {
+    await owrt.remove();
+    throw new Error(`openwrt ${instance}: the system log did not start: ${logStarted.stdout}${logStarted.stderr}`);
   }
   return owrt;
 }
@@ -196,16 +262,13 @@ export async function openwrtRouter(lab: Lab, ipk: string, setup: RouterSetup, o
         ...setup.publish.map((p) => `uci add ntmobile publish >/dev/null; uci set ntmobile.@publish[-1].name='${p.name}'; uci set ntmobile.@publish[-1].ip='${p.address}'`),
         ...Object.entries(setup.dc).map(([zone, address]) => `uci add ntmobile dc >/dev/null; uci set ntmobile.@dc[-1].zone='${zone}'; uci set ntmobile.@dc[-1].address='${address}'`),
         'uci commit ntmobile',
-        '/etc/init.d/ntmobile enable',
-        '/etc/init.d/ntmobile start',
-        '/etc/init.d/dnsmasq enable',
-        '/etc/init.d/dnsmasq start',
       ].join('; '),
     );
+    const start = await owrt.sh('/etc/init.d/ntmobile enable && /etc/init.d/ntmobile start && /etc/init.d/dnsmasq enable && /etc/init.d/dnsmasq start');
     const socket = path.join(owrt.root, 'tmp/run/ntmobile.sock');
     const api = (cmd: string, args: Record<string, unknown> = {}): Promise<unknown> => apiCall(socket, cmd, args, 10_000);
     await waitFor(`${setup.name} (OpenWrt) registered`, 30_000, async () => ((await api('status')) as { state: string }).state === 'ready' || undefined).catch((e: Error) => {
-      throw new Error(`${e.message}\n--- procd log:\n${owrt.procdLog().slice(-3000)}`);
+      throw new Error(`${e.message}\n--- /etc/init.d/ntmobile start (exit ${start.code}):\n${start.stdout}${start.stderr}\n--- procd log:\n${owrt.syslog().slice(-3000)}`);
     });
     const procdPid = async (): Promise<number | null> => {
       const r = await owrt.exec(['ubus', 'call', 'service', 'list', '{"name":"ntmobile"}']);
@@ -219,8 +282,8 @@ export async function openwrtRouter(lab: Lab, ipk: string, setup: RouterSetup, o
       program: {
         host: setup.host,
         process: null as never,
-        logFile: path.join(OWRT_DIR, 'instances', owrt.instance, 'log/procd.log'),
-        log: () => owrt.procdLog(),
+        logFile: path.join(owrt.root, SYSLOG_FILE),
+        log: () => owrt.syslog(),
         stop: async () => void (await owrt.run('/etc/init.d/ntmobile stop')),
       },
       configPath: '/etc/config/ntmobile',

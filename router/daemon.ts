@@ -696,6 +696,7 @@ export class RouterDaemon {
   async reload(next: RouterConfig): Promise<{ changed: string[]; restart: boolean }> {
     const changed = changedSettings(this.config, next);
     const restart = changed.filter((k) => !LIVE_SETTINGS.includes(k));
+    if (changed.length === 0) this.logger.info('reload: no change');
     if (changed.length === 0 || restart.length > 0) return { changed, restart: restart.length > 0 };
     const before = this.config;
     this.config = next;

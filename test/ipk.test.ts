@@ -10,7 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { checkMusl, controlDepends, libcOf, parseMakefile, readPackageInfo, MAKEFILE, PACKAGE_DIR } from '../openwrt/build-ipk.js';
-import { OWRT_DIR, userlandDir } from '../lab/openwrt.js';
+import { addBaseFilesScripts, OWRT_DIR, userlandDir } from '../lab/openwrt.js';
 
 const REPO = fileURLToPath(new URL('../../', import.meta.url));
 const BUILDER = path.join(REPO, 'dist/openwrt/build-ipk.js');
@@ -169,43 +169,6 @@ t.test('the packaged daemon runs from its own files', async (t) => {
   t.equal(load.status, 0, `${deps.join(', ')} load from /usr/lib/ntmobile/node_modules`, { output: load.stderr });
 });
 
-// OpenWrt's base-files define these in /lib/functions.sh; the userland's functions.sh is a subset
-// without them, and every package built by the buildroot (ours too) calls them from its postinst
-// and prerm. These do what base-files' do, for a package installed on a running system: run the
-// package's own script, then its uci-defaults (deleted when they succeed) and enable + start its
-// init scripts; prerm: the package's script, then disable + stop. Added only where missing.
-const BASE_FILES_SCRIPTS = `
-default_postinst() {
-	local pkgname="$(basename "\${1%.*}")" ret=0 i
-	local filelist="/usr/lib/opkg/info/$pkgname.list"
-	if [ -f "/usr/lib/opkg/info/$pkgname.postinst-pkg" ]; then
-		( . "/usr/lib/opkg/info/$pkgname.postinst-pkg" ); ret=$?
-	fi
-	if grep -m1 -q -s "^/etc/uci-defaults/" "$filelist"; then
-		for i in $(grep -s "^/etc/uci-defaults/" "$filelist"); do
-			( [ -f "$i" ] && cd "$(dirname "$i")" && . "$i" ) && rm -f "$i"
-		done
-		uci commit
-	fi
-	for i in $(grep -s "^/etc/init.d/" "$filelist"); do
-		[ "$PKG_UPGRADE" = 1 ] || "$i" enable
-		"$i" start
-	done
-	return $ret
-}
-default_prerm() {
-	local pkgname="$(basename "\${1%.*}")" ret=0 i
-	if [ -f "/usr/lib/opkg/info/$pkgname.prerm-pkg" ]; then
-		( . "/usr/lib/opkg/info/$pkgname.prerm-pkg" ); ret=$?
-	fi
-	for i in $(grep -s "^/etc/init.d/" "/usr/lib/opkg/info/$pkgname.list"); do
-		[ "$PKG_UPGRADE" = 1 ] || "$i" disable
-		"$i" stop
-	done
-	return $ret
-}
-`;
-
 t.test('opkg install and remove in the OpenWrt userland (host variant)', async (t) => {
   const runSh = path.join(userlandDir(), 'run.sh');
   const name = `ipk-${process.pid}-${Date.now().toString(36)}`;
@@ -224,8 +187,7 @@ t.test('opkg install and remove in the OpenWrt userland (host variant)', async (
   const started = run(['start'], true);
   t.equal(started.code, 0, `instance ${name} started in netns ${name}`, { output: started.out });
   const root = run(['root']).out.trim();
-  const functions = path.join(root, 'lib/functions.sh');
-  if (!readFileSync(functions, 'utf8').includes('default_postinst()')) appendFileSync(functions, BASE_FILES_SCRIPTS);
+  addBaseFilesScripts(root);
 
   const installed = run(['install', host.file]);
   t.equal(installed.code, 0, 'opkg install succeeds', { output: installed.out });

@@ -44,7 +44,7 @@ interface Status {
   state: string;
   error: string | null;
   registered: { name: string; vip4: string | null }[];
-  uplink: { address: string | null; handovers: number };
+  uplink: { address: string | null; handovers: number; recentHandovers: { at: number; to: string | null }[] };
   counters: { daemon: { handovers: number } };
 }
 
@@ -67,6 +67,7 @@ t.test('OpenWrt: the .ipk on a real userland, in a fleet', async (t) => {
     fleet?.dispose();
     await lab.destroy();
   });
+  const buildStart = Date.now();
   try {
     fleet = await buildFleet(lab, { case: 'b-nat', verbose: false, extraSites: { d: HANDOVER_SITES.d! }, external: {
         ra: async (setup) => {
@@ -83,6 +84,9 @@ t.test('OpenWrt: the .ipk on a real userland, in a fleet', async (t) => {
   }
   const f = fleet;
   const o = owrt!;
+  const began = Date.now();
+  const phase = (name: string): void => void t.comment(`${name}: ${((Date.now() - began) / 1000).toFixed(1)} s`);
+  t.comment(`fleet with the OpenWrt router up in ${((Date.now() - buildStart) / 1000).toFixed(1)} s`);
   t.match(await o.run('opkg list-installed ntmobile'), /^ntmobile - /m, 'opkg installed ntmobile (postinst ran)');
   t.equal((await o.run('uci -q get firewall.ntmobile.name')).trim(), 'ntmobile', 'uci-defaults added the fw4 zone ntmobile');
 
@@ -98,6 +102,7 @@ t.test('OpenWrt: the .ipk on a real userland, in a fleet', async (t) => {
 
   const data = await serveRandomFile(f.b2, { dir: f.dir, bind: LAN.b2, size: 4 << 20 });
   const url = `http://${NAMES.b2}:8080/f`;
+  phase('b2 serving');
   t.equal(await fetchSha(f.a1, url), sha(data), `a1 fetches 4 MB from ${NAMES.b2} by name through the OpenWrt router (SHA-256 equal)`);
   const nft = await f.ra.host.exec('nft', ['list', 'tables']);
   t.match(nft.stdout, /table inet fw4/, "fw4's table is loaded");
@@ -109,20 +114,26 @@ t.test('OpenWrt: the .ipk on a real userland, in a fleet', async (t) => {
   };
   const before = await peerB();
 
+  phase('up and reachable');
   // ---- fw4 reload: both tables, tunnel unchanged ---------------------------------------------
   await o.run('fw4 reload');
   t.match((await f.ra.host.exec('nft', ['list', 'tables'])).stdout, /table inet ntmobile/, "fw4 reload leaves the daemon's table");
   t.equal(await fetchSha(f.a1, url), sha(data), 'after fw4 reload a1 still fetches from b2 by name');
 
+  phase('fw4 reload');
   // ---- reload with nothing changed: same SAs, same process -------------------------------------
   const pid0 = await procdPid();
   t.ok(pid0, `procd runs the daemon (pid ${pid0})`);
+  const reloads = (): number => o.syslog().split('\n').filter((l) => /info: reload: /.test(l)).length;
+  const reloads0 = reloads();
   await o.run('uci commit ntmobile; /etc/init.d/ntmobile reload');
-  await waitFor('reload taken', 10_000, async () => (/reload: /.test(o.procdLog()) ? true : undefined)).catch(() => undefined);
+  await waitFor('the daemon took the reload', 10_000, async () => (reloads() > reloads0 ? true : undefined));
+  t.match(o.syslog(), /info: reload: no change/, 'the daemon re-read its config and found nothing changed');
   const same = await peerB();
   t.same([same.spiOut, same.spiIn], [before.spiOut, before.spiIn], 'a reload with nothing changed keeps the tunnel (same SPIs)');
   t.equal(await procdPid(), pid0, '… and the same daemon process');
 
+  phase('reload unchanged');
   // ---- publish a LAN host by MAC (address from the DHCP leases), reload ----------------------
   const mac = (await f.a1.exec('cat', ['/sys/class/net/eth0/address'])).stdout.trim();
   await o.run(`echo "$(( $(date +%s) + 3600 )) ${mac} ${LAN.a1} a1 01:${mac}" > /tmp/dhcp.leases`);
@@ -134,18 +145,19 @@ t.test('OpenWrt: the .ipk on a real userland, in a fleet', async (t) => {
   const dataA1 = await serveRandomFile(f.a1, { dir: f.dir, bind: LAN.a1, size: 1 << 20 });
   t.equal(await fetchSha(f.b2, `http://${NAMES.a1}:8080/f`), sha(dataA1), `b2 reaches the newly published ${NAMES.a1} by name (by MAC ${mac}, from the leases)`);
 
+  phase('published by MAC');
   // ---- bad UCI: reload keeps the running config; a start does not start ---------------------
   for (const [what, set, field] of [
     ['an unknown suite', "uci set ntmobile.main.suite='rot13'", /ntmobile\.main\.suite: "rot13"/],
     ['a port out of range', "uci set ntmobile.main.port='70000'", /ntmobile\.main\.port: 70000 is not an integer/],
     ['a published host without an address', `uci add ntmobile publish >/dev/null; uci set ntmobile.@publish[-1].name='cam.${NAMES.ra}'`, /ntmobile\.cfg[0-9a-f]+\.ip: required/],
   ] as const) {
+    const pidBefore = await procdPid();
     await o.run(`cp /etc/config/ntmobile /tmp/ntmobile.good; ${set}; uci commit ntmobile`);
     const r = await o.sh('/etc/init.d/ntmobile reload');
     t.match(r.stderr + r.stdout, field, `reload with ${what}: the reason, naming the UCI option`);
-    t.equal(await procdPid(), pid0, `reload with ${what}: the daemon keeps running`);
+    t.equal(await procdPid(), pidBefore, `reload with ${what}: the daemon keeps running`);
     t.equal(((await f.ra.api('status')) as Status).state, 'ready', `reload with ${what}: still registered`);
-    t.equal(await fetchSha(f.a1, url), sha(data), `reload with ${what}: a1 still fetches from b2 by name`);
     if (what === 'an unknown suite') {
       await o.run('/etc/init.d/ntmobile stop');
       const s = await o.sh('/etc/init.d/ntmobile start');
@@ -160,9 +172,38 @@ t.test('OpenWrt: the .ipk on a real userland, in a fleet', async (t) => {
       await waitFor('router A registered again', 30_000, async () => ((await f.ra.api('status')) as Status).state === 'ready' || undefined);
     }
   }
-  const pid1 = await procdPid();
+  t.equal(await fetchSha(f.a1, url), sha(data), 'after the refused reloads a1 still fetches from b2 by name');
 
+  phase('bad UCI');
+  // ---- an uplink change and netifd's hotplug call: one handover, the transfer survives --------
+  const listen = o.exec(['ubus', '-t', '20', 'listen', 'ntmobile.handover'], { timeoutMs: 30_000 });
+  const session = await startSession({
+    tcp: { from: f.a1, target: NAMES.b2, to: f.b2, bind: LAN.b2, port: 9400, bytes: 8_000_000, bytesPerSecond: 2_000_000 },
+    udp: [],
+    rate: 0,
+    seconds: 0,
+  });
+  await sleep(1000); // the transfer is under way before the move
+  const movedAt = Date.now();
+  const moved = await f.moveRouter('ra', 'd');
+  // netifd runs the iface hotplug scripts once the interface is up again with its new address
+  const hot = await o.sh(`ACTION=ifup INTERFACE=wan DEVICE=eth0 sh /etc/hotplug.d/iface/90-ntmobile; echo rc=$?`);
+  t.match(hot.stdout, /rc=0/, 'the hotplug script runs as netifd would run it');
+  const toNew = async (): Promise<number> => ((await f.ra.api('status')) as Status).uplink.recentHandovers.filter((h) => h.at >= movedAt && h.to === moved.address).length;
+  await waitFor('the handover to the new address', 15_000, async () => ((await toNew()) > 0 ? true : undefined));
+  const result = await session.finish();
+  t.ok(result.tcp.intact && result.tcp.code === 0, `the TCP transfer a1 → b2 survived the move to ${moved.address} (SHA-256 equal, ${result.tcp.retransmits} retransmits)`, { tcp: result.tcp });
+  const handovers1 = ((await f.ra.api('status')) as Status).counters.daemon.handovers;
+  await o.sh(`ACTION=ifup INTERFACE=wan DEVICE=eth0 sh /etc/hotplug.d/iface/90-ntmobile`);
+  t.match(o.syslog(), /debug: hotplug: ifup wan \(eth0\)/, 'the daemon got the hotplug hint');
+  t.equal(((await f.ra.api('status')) as Status).counters.daemon.handovers, handovers1, 'a hotplug hint with nothing moved makes no handover');
+  t.equal(await toNew(), 1, `one handover to the new address ${moved.address} (the hotplug hint added none)`, { uplink: ((await f.ra.api('status')) as { uplink: unknown }).uplink });
+  const events = await listen;
+  t.match(events.stdout, /"ntmobile\.handover"/, 'ubus listen saw the ntmobile.handover event');
+
+  phase('hotplug');
   // ---- SIGKILL: procd respawns it -------------------------------------------------------------
+  const pid1 = await procdPid();
   await o.run('ubus call service signal \'{"name":"ntmobile","signal":9}\'');
   const killedAt = Date.now();
   const pid2 = await waitFor('procd respawned the daemon', 20_000, async () => {
@@ -174,28 +215,7 @@ t.test('OpenWrt: the .ipk on a real userland, in a fleet', async (t) => {
   const back = await waitFor('a1 reaches b2 by name again', 60_000, async () => ((await fetchSha(f.a1, url)) === sha(data) ? Date.now() : undefined));
   t.pass(`after SIGKILL a1 fetches from b2 by name again (${((back - killedAt) / 1000).toFixed(1)} s after the kill)`);
 
-  // ---- an uplink change and netifd's hotplug call: one handover, the transfer survives --------
-  const handovers0 = ((await f.ra.api('status')) as Status).counters.daemon.handovers;
-  const listen = o.exec(['ubus', '-t', '20', 'listen', 'ntmobile.handover'], { timeoutMs: 30_000 });
-  const session = await startSession({
-    tcp: { from: f.a1, target: NAMES.b2, to: f.b2, bind: LAN.b2, port: 9400, bytes: 8_000_000, bytesPerSecond: 2_000_000 },
-    udp: [],
-    rate: 0,
-    seconds: 0,
-  });
-  await sleep(1000); // the transfer is under way before the move
-  const moved = await f.moveRouter('ra', 'd');
-  const hot = await o.sh(`ACTION=ifup INTERFACE=wan DEVICE=eth0 sh /etc/hotplug.d/iface/90-ntmobile; echo rc=$?`);
-  t.match(hot.stdout, /rc=0/, 'the hotplug script runs as netifd would run it');
-  await waitFor('the handover', 15_000, async () => ((await f.ra.api('status')) as Status).counters.daemon.handovers > handovers0 || undefined);
-  const result = await session.finish();
-  t.ok(result.tcp.intact && result.tcp.code === 0, `the TCP transfer a1 → b2 survived the move to ${moved.address} (SHA-256 equal, ${result.tcp.retransmits} retransmits)`);
-  await o.sh(`ACTION=ifup INTERFACE=wan DEVICE=eth0 sh /etc/hotplug.d/iface/90-ntmobile`);
-  const after = ((await f.ra.api('status')) as Status).counters.daemon.handovers;
-  t.equal(after - handovers0, 1, 'one handover for the move (the hotplug hint added none)');
-  const events = await listen;
-  t.match(events.stdout, /"ntmobile\.handover"/, 'ubus listen saw the ntmobile.handover event');
-
+  phase('SIGKILL');
   // ---- opkg remove ------------------------------------------------------------------------------
   await o.run("uci set ntmobile.main.log_level='warn'; uci commit ntmobile");
   const removed = await o.exec(['opkg', 'remove', 'ntmobile']);
