@@ -157,13 +157,15 @@ async function measure(lab: Lab): Promise<void> {
 
   const base = states[0]!.hwmKb;
   process.stdout.write(`\nRouter daemon peak RSS (VmHWM), node ${process.version}, flags: ${flags.join(' ') || '(none)'}\n`);
-  process.stdout.write(`${'state'.padEnd(10)}${'what'.padEnd(34)}${'peak kB'.padStart(9)}${'over baseline kB'.padStart(18)}\n`);
+  process.stdout.write(`${'state'.padEnd(10)}${'what'.padEnd(34)}${'peak kB'.padStart(9)}${'over baseline kB'.padStart(18)}${'now kB'.padStart(9)}\n`);
   for (const s of states) {
-    process.stdout.write(`${s.key.padEnd(10)}${s.what.padEnd(34)}${String(s.hwmKb).padStart(9)}${(s.key === 'baseline' ? '' : String(s.hwmKb - base)).padStart(18)}\n`);
+    process.stdout.write(`${s.key.padEnd(10)}${s.what.padEnd(34)}${String(s.hwmKb).padStart(9)}${(s.key === 'baseline' ? '' : String(s.hwmKb - base)).padStart(18)}${String(s.rssKb).padStart(9)}\n`);
   }
   const json: Record<string, unknown> = { peers, seconds, node_flags: flags.join(' '), node_flags_source: source, node: process.version };
   for (const s of states) json[`${s.key}_rss_kb`] = s.hwmKb;
   for (const s of states.slice(1)) json[`${s.key}_over_baseline_kb`] = s.hwmKb - base;
+  // What the daemon holds when the state is read (VmRSS), beside its peak.
+  for (const s of states) json[`${s.key}_now_kb`] = s.rssKb;
   json['load_mbps'] = Number(result.mbps.toFixed(0));
   process.stdout.write(`${JSON.stringify(json)}\n`);
 }
