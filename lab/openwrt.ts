@@ -43,6 +43,13 @@ export interface OpenWrt {
   sh(script: string, o?: { timeoutMs?: number }): Promise<RunResult>;
   /** Like sh, but a non-zero exit throws with the output. */
   run(script: string, o?: { timeoutMs?: number }): Promise<string>;
+  /**
+   * uci on the instance's config from this machine (the userland's own uci binary with its
+   * config and save directories; no process inside the instance needed): never throws.
+   */
+  uci(args: string[]): Promise<RunResult>;
+  /** ubus on the instance's ubusd from this machine (its own ubus CLI): never throws. */
+  ubus(args: string[]): Promise<RunResult>;
   /** opkg install of a package file (postinst runs, as on a router). */
   install(ipk: string): Promise<RunResult>;
   /** The system log: what procd's services wrote to stdout/stderr (`logread` on a router). */
@@ -119,6 +126,16 @@ start_service() {
 }
 `;
 
+/** One of the rootfs's uci/ubus binaries run here, with the rootfs's libraries (run.sh's owrt_uci/owrt_ubus). */
+function hostTool(root: string, bin: string, args: string[]): Promise<RunResult> {
+  return new Promise((resolve) => {
+    execFile(path.join(root, bin), args, { env: { ...process.env, LD_LIBRARY_PATH: path.join(root, 'usr/lib') }, timeout: 30_000 }, (e, stdout, stderr) => {
+      const code = e === null ? 0 : typeof (e as { code?: unknown }).code === 'number' ? (e as { code: number }).code : 1;
+      resolve({ stdout: String(stdout), stderr: String(stderr), code });
+    });
+  });
+}
+
 /**
  * Starts an OpenWrt userland instance in a lab host's namespace. `bwrapArgs` add mounts for every
  * process of the instance (e.g. /dev/net/tun for a daemon that makes a TUN device).
@@ -146,6 +163,8 @@ export async function startOpenWrt(lab: Lab, host: Host, o: { tag?: string; bwra
       return r.stdout;
     },
     install: (ipk) => runSh(['install', ipk], env, 120_000),
+    uci: (args) => hostTool(root, 'usr/bin/uci', ['-c', path.join(root, 'etc/config'), '-t', path.join(root, 'tmp/.uci'), ...args]),
+    ubus: (args) => hostTool(root, 'usr/bin/ubus', ['-s', path.join(root, 'tmp/run/ubus/ubus.sock'), ...args]),
     syslog() {
       try {
         return readFileSync(path.join(root, SYSLOG_FILE), 'utf8');
@@ -256,6 +275,7 @@ export async function openwrtRouter(lab: Lab, ipk: string, setup: RouterSetup, o
         `uci set ntmobile.main.suite='${setup.suite}'`,
         'uci set ntmobile.main.log_level=debug',
         list('lan', ['lan']),
+        list('uplink', ['wan']),
         list('domain', setup.domains),
         list('via_relay', setup.viaRelay),
         list('resolver', setup.resolvers),
@@ -271,7 +291,7 @@ export async function openwrtRouter(lab: Lab, ipk: string, setup: RouterSetup, o
       throw new Error(`${e.message}\n--- /etc/init.d/ntmobile start (exit ${start.code}):\n${start.stdout}${start.stderr}\n--- procd log:\n${owrt.syslog().slice(-3000)}`);
     });
     const procdPid = async (): Promise<number | null> => {
-      const r = await owrt.exec(['ubus', 'call', 'service', 'list', '{"name":"ntmobile"}']);
+      const r = await owrt.ubus(['call', 'service', 'list', '{"name":"ntmobile"}']);
       const main = (JSON.parse(r.stdout || '{}') as { ntmobile?: { instances?: { main?: { pid?: number; running?: boolean } } } }).ntmobile?.instances?.main;
       return main?.running ? (main.pid ?? null) : null;
     };

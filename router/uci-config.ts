@@ -137,6 +137,7 @@ const MAIN_OPTIONS: OptionMap[] = [
   { option: 'via_relay', field: 'general.viaRelay', kind: 'list' },
   { option: 'rekey_after', field: 'rekeyAfterSeconds', kind: 'int' },
   { option: 'leases', field: 'dhcpLeases', kind: 'string' },
+  { option: 'uplink_table', field: 'uplinkTable', kind: 'int' },
   { option: 'socket', field: 'socketPath', kind: 'string' },
   { option: 'mqtt_url', field: 'notify.mqtt', kind: 'string' },
   { option: 'mqtt_ca', field: 'notify.ca', kind: 'string' },

@@ -88,17 +88,17 @@ t.test('OpenWrt: the .ipk on a real userland, in a fleet', async (t) => {
   const phase = (name: string): void => void t.comment(`${name}: ${((Date.now() - began) / 1000).toFixed(1)} s`);
   t.comment(`fleet with the OpenWrt router up in ${((Date.now() - buildStart) / 1000).toFixed(1)} s`);
   t.match(await o.run('opkg list-installed ntmobile'), /^ntmobile - /m, 'opkg installed ntmobile (postinst ran)');
-  t.equal((await o.run('uci -q get firewall.ntmobile.name')).trim(), 'ntmobile', 'uci-defaults added the fw4 zone ntmobile');
+  t.equal((await o.uci(['-q', 'get', 'firewall.ntmobile.name'])).stdout.trim(), 'ntmobile', 'uci-defaults added the fw4 zone ntmobile');
 
   // ---- up, by procd, answering on ubus, reachable by name ----------------------------------
-  const ubusStatus = JSON.parse(await o.run('ubus call ntmobile status')) as Status;
+  const ubusStatus = JSON.parse((await o.ubus(['call', 'ntmobile', 'status'])).stdout) as Status;
   t.equal(ubusStatus.state, 'ready', 'ubus call ntmobile status: registered');
   t.ok(ubusStatus.registered.some((r) => r.name === NAMES.ra && r.vip4), `ubus status shows ${NAMES.ra} with its VIP`);
-  const badArg = await o.exec(['ubus', 'call', 'ntmobile', 'ping', '{"name": 5}']);
+  const badArg = await o.ubus(['call', 'ntmobile', 'ping', '{"name": 5}']);
   t.not(badArg.code, 0, 'ubus call ntmobile ping {"name": 5}: refused');
   t.match(badArg.stderr + badArg.stdout, /Invalid argument/, '… as an invalid argument');
-  t.match(await o.run('ubus list ntmobile'), /^ntmobile$/m, 'the daemon still answers on ubus after the bad call');
-  t.match(await o.run('uci -q get dhcp.@dnsmasq[0].server'), new RegExp(`/${NAMES.zoneB}/127\\.0\\.0\\.1#5353`), "dnsmasq forwards the NTMobile zones to the daemon's DNS hook");
+  t.match((await o.ubus(['list', 'ntmobile'])).stdout, /^ntmobile$/m, 'the daemon still answers on ubus after the bad call');
+  t.match((await o.uci(['-q', 'get', 'dhcp.@dnsmasq[0].server'])).stdout, new RegExp(`/${NAMES.zoneB}/127\\.0\\.0\\.1#5353`), "dnsmasq forwards the NTMobile zones to the daemon's DNS hook");
 
   const data = await serveRandomFile(f.b2, { dir: f.dir, bind: LAN.b2, size: 4 << 20 });
   const url = `http://${NAMES.b2}:8080/f`;
@@ -204,7 +204,7 @@ t.test('OpenWrt: the .ipk on a real userland, in a fleet', async (t) => {
   phase('hotplug');
   // ---- SIGKILL: procd respawns it -------------------------------------------------------------
   const pid1 = await procdPid();
-  await o.run('ubus call service signal \'{"name":"ntmobile","signal":9}\'');
+  await o.ubus(['call', 'service', 'signal', '{"name":"ntmobile","signal":9}']);
   const killedAt = Date.now();
   const pid2 = await waitFor('procd respawned the daemon', 20_000, async () => {
     const p = await procdPid();
@@ -217,14 +217,15 @@ t.test('OpenWrt: the .ipk on a real userland, in a fleet', async (t) => {
 
   phase('SIGKILL');
   // ---- opkg remove ------------------------------------------------------------------------------
-  await o.run("uci set ntmobile.main.log_level='warn'; uci commit ntmobile");
+  await o.uci(['set', 'ntmobile.main.log_level=warn']);
+  await o.uci(['commit', 'ntmobile']);
   const removed = await o.exec(['opkg', 'remove', 'ntmobile']);
   t.equal(removed.code, 0, 'opkg remove ntmobile');
   t.equal(await procdPid(), null, 'the service is stopped');
   t.notMatch((await f.ra.host.exec('nft', ['list', 'tables'])).stdout, /table inet ntmobile/, "the daemon's nftables table is gone");
   t.notMatch((await f.ra.host.exec('ip', ['-o', 'link'])).stdout, /ntm0/, 'the TUN device is gone');
-  t.not((await o.sh('uci -q get firewall.ntmobile')).code, 0, 'the fw4 zone is gone');
-  t.notMatch((await o.sh('uci -q get dhcp.@dnsmasq[0].server')).stdout, /127\.0\.0\.1#5353/, "dnsmasq's forwarding is gone");
+  t.not((await o.uci(['-q', 'get', 'firewall.ntmobile'])).code, 0, 'the fw4 zone is gone');
+  t.notMatch((await o.uci(['-q', 'get', 'dhcp.@dnsmasq[0].server'])).stdout, /127\.0\.0\.1#5353/, "dnsmasq's forwarding is gone");
   t.notOk(existsSync(path.join(o.root, 'usr/lib/ntmobile/dist/router/cli.js')), "the daemon's files are gone");
   const conf = path.join(o.root, 'etc/config/ntmobile');
   t.ok(existsSync(conf) && /log_level 'warn'/.test(readFileSync(conf, 'utf8')), 'the modified /etc/config/ntmobile is kept');
