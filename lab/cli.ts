@@ -2,6 +2,7 @@
 // ntm-lab: build, list and remove namespace testbeds from the shell.
 
 import { Lab, cleanup, listLabs, removeLab } from './lab.js';
+import { removeStaleInstances } from './openwrt.js';
 import { internetWithNats, twoHosts, type SiteNat } from './topology.js';
 
 const HELP = `usage: node dist/lab/cli.js <command> [options]
@@ -21,11 +22,13 @@ commands:
                                         --extra adds sites without nodes; --overlap gives every NAT site
                                         the LAN 10.0.0.0/24. Addresses: see docs/lab.md
       Enter a host:  ip netns exec ntm-<id>-<host> bash
-  down <id>      Remove lab <id>: kill its processes, delete its namespaces, record and logs.
+  down <id>      Remove lab <id>: kill its processes, delete its namespaces, record and logs
+                 (and its OpenWrt userland instances, lab/openwrt.ts).
   list           Show labs (id, state, owner pid, namespaces). States: running (owner alive),
                  kept (up --keep), stale (owner died without cleaning up).
   cleanup [--all]
-                 Remove stale labs (owner pid dead) and ntm-<id>-* namespaces that no record owns.
+                 Remove stale labs (owner pid dead) and ntm-<id>-* namespaces that no record owns,
+                 and OpenWrt userland instances of labs that are gone.
                  Labs of live processes are never touched; kept labs only with --all.
   --help         This text.
 
@@ -121,6 +124,7 @@ async function main(argv: string[]): Promise<number> {
       if (!id) throw new Error('down: which lab id? (see list)');
       const removed = removeLab(id);
       process.stderr.write(`[lab ${id}] removed ${removed.length} namespace(s)\n`);
+      for (const i of await removeStaleInstances(new Set(listLabs().map((l) => l.id)))) process.stderr.write(`  OpenWrt userland instance ${i}\n`);
       return 0;
     }
     case 'list': {
@@ -137,6 +141,8 @@ async function main(argv: string[]): Promise<number> {
       const r = cleanup({ all: flag(args, '--all') });
       process.stderr.write(`cleanup: removed ${r.labs.length} lab(s), ${r.removed.length} namespace(s)\n`);
       for (const ns of r.removed) process.stderr.write(`  ${ns}\n`);
+      // OpenWrt userland instances (lab/openwrt.ts) of labs that are gone
+      for (const i of await removeStaleInstances(new Set(listLabs().map((l) => l.id)))) process.stderr.write(`  OpenWrt userland instance ${i}\n`);
       return 0;
     }
     default:
