@@ -257,3 +257,17 @@ export function loadRouterConfig(path: string): RouterConfig {
   const dir = path.includes('/') ? path.slice(0, path.lastIndexOf('/')) : '.';
   return parseRouterConfig(text, dir);
 }
+
+/** Settings a reload applies in place (router/daemon.ts reload); a change of any other restarts. */
+export const LIVE_SETTINGS = ['publish', 'lan', 'dns.domains', 'general', 'logLevel', 'dhcpLeases'];
+
+/** Top-level settings (and dns.* ones) whose values differ. */
+export function changedSettings(a: RouterConfig, b: RouterConfig): string[] {
+  const out: string[] = [];
+  for (const k of Object.keys(b) as (keyof RouterConfig)[]) {
+    if (k === 'dns') {
+      for (const d of Object.keys(b.dns) as (keyof RouterConfig['dns'])[]) if (JSON.stringify(a.dns[d]) !== JSON.stringify(b.dns[d])) out.push(`dns.${d}`);
+    } else if (JSON.stringify(a[k]) !== JSON.stringify(b[k])) out.push(k);
+  }
+  return out;
+}

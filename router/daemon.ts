@@ -18,7 +18,7 @@ import { addAddress, addRoute, listAddresses } from '../netlink/rtnetlink.js';
 import { TunDevice } from '../netlink/tun.js';
 import { UdpSocket } from '../netlink/udp.js';
 import { ApiServer } from './api.js';
-import { type RouterConfig } from './config.js';
+import { changedSettings, LIVE_SETTINGS, type RouterConfig } from './config.js';
 import { DhcpLeases } from './leases.js';
 import { silentLogger, type Logger } from './log.js';
 import { DnsHook } from './dns-hook.js';
@@ -874,18 +874,4 @@ function ignoreExists(e: Error): void {
 
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms).unref());
-}
-
-/** Settings a reload applies in place (router/daemon.ts reload); a change of any other restarts. */
-const LIVE_SETTINGS = ['publish', 'lan', 'dns.domains', 'general', 'logLevel', 'dhcpLeases'];
-
-/** Top-level settings (and dns.* ones) whose values differ. */
-function changedSettings(a: RouterConfig, b: RouterConfig): string[] {
-  const out: string[] = [];
-  for (const k of Object.keys(b) as (keyof RouterConfig)[]) {
-    if (k === 'dns') {
-      for (const d of Object.keys(b.dns) as (keyof RouterConfig['dns'])[]) if (JSON.stringify(a.dns[d]) !== JSON.stringify(b.dns[d])) out.push(`dns.${d}`);
-    } else if (JSON.stringify(a[k]) !== JSON.stringify(b[k])) out.push(k);
-  }
-  return out;
 }
