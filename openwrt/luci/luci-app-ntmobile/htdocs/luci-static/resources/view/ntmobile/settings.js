@@ -4,6 +4,7 @@
 'require rpc';
 'require fs';
 'require uci';
+'require ui';
 
 // /etc/config/ntmobile as a form. Every field is checked here with LuCI's datatypes and again by
 // the daemon when the service reloads (router/uci-config.ts). The account password is never read
@@ -200,5 +201,17 @@ return view.extend({
 		o.rmempty = false;
 
 		return m.render();
+	},
+
+	// LuCI's own handlers let a refused save end as an unhandled rejection in the console, after
+	// the form has shown why in its "Save error" dialog: here the refusal ends with that dialog.
+	handleSave: function(ev) {
+		return this.super('handleSave', [ ev ]).catch(function() {});
+	},
+
+	handleSaveApply: function(ev, mode) {
+		return this.super('handleSave', [ ev ]).then(function() {
+			ui.changes.apply(mode == '0');
+		}, function() {});
 	}
 });
