@@ -22,6 +22,7 @@ import { buildFleet, HANDOVER_SITES, LAN, NAMES, type Fleet } from '../lab/fleet
 import { serveRandomFile } from '../lab/http.js';
 import { Lab, type Host } from '../lab/lab.js';
 import { openwrtRouter, waitFor, type OpenWrt } from '../lab/openwrt.js';
+import { startSession } from '../lab/traffic.js';
 
 const REPO = fileURLToPath(new URL('../..', import.meta.url));
 const ARTIFACTS = path.join(REPO, 'artifacts/luci');
@@ -157,6 +158,8 @@ t.test('LuCI: luci-app-ntmobile in Chromium against the real LuCI, router A in a
   let shots = 0;
   const shot = async (name: string, docs?: string, o: { fullPage?: boolean } = {}): Promise<void> => {
     const file = path.join(ARTIFACTS, `${String(++shots).padStart(2, '0')}-${name}.png`);
+    // LuCI fades dialogs in: the picture once every animation has ended, from the top of the page
+    await page.evaluate(() => Promise.all(document.getAnimations().map((a) => a.finished)).then(() => window.scrollTo(0, 0)));
     await page.screenshot({ path: file, fullPage: o.fullPage ?? true });
     if (docs !== undefined && process.env.LUCI_DOCS_SCREENSHOTS === '1') {
       mkdirSync(DOCS_IMG, { recursive: true });
@@ -196,6 +199,14 @@ t.test('LuCI: luci-app-ntmobile in Chromium against the real LuCI, router A in a
   // ---- handover: the page shows it within two poll intervals, without a reload ------------------
   await page.evaluate(() => void ((window as unknown as { ntmSamePage: boolean }).ntmSamePage = true));
   const rowsBefore = await page.locator('#ntm-handovers tr[data-at]').count();
+  // a transfer a1 → b2 across the move, for the chart
+  const session = await startSession({
+    tcp: { from: f.a1, target: NAMES.b2, to: f.b2, bind: LAN.b2, port: 9400, bytes: 16_000_000, bytesPerSecond: 800_000 },
+    udp: [],
+    rate: 0,
+    seconds: 0,
+  });
+  await page.waitForFunction(() => Number(document.querySelector('#ntm-chart-svg')?.getAttribute('data-max')) > 200_000, undefined, { timeout: 4 * POLL_MS });
   const moved = await f.moveRouter('ra', 'd');
   // the newest handover row that ends at the new address, with the uplink shown beside it
   const shown = await page.waitForFunction(
@@ -220,6 +231,8 @@ t.test('LuCI: luci-app-ntmobile in Chromium against the real LuCI, router A in a
   t.pass(`after the handover the page shows router B's path as ubus does: ${b1.route}, ${b1.path}`);
   t.ok(await page.evaluate(() => (window as unknown as { ntmSamePage?: boolean }).ntmSamePage === true), 'the page was not reloaded');
   await page.waitForSelector('#ntm-chart .ntm-handover-mark', { state: 'attached' });
+  const transfer = await session.finish();
+  t.ok(transfer.tcp.intact && transfer.tcp.code === 0, `the TCP transfer a1 → b2 survived the move (SHA-256 equal, ${transfer.tcp.retransmits} retransmits)`);
   await shot('status-after-handover', 'luci-status-handover.png');
 
   // ---- Settings: publish a1, picked from the DHCP leases ------------------------------------------

@@ -150,6 +150,7 @@ return view.extend({
 		s.addremove = true;
 		s.sortable = false;
 		s.nodescriptions = true;
+		s.modaltitle = _('Published LAN host');
 
 		o = s.option(form.Value, 'name', _('Name'), _('e.g. <code>camera.router.example.net</code>'));
 		o.datatype = 'hostname';
@@ -166,8 +167,14 @@ return view.extend({
 			const lease = leases.filter(function(l) { return (l.macaddr || '').toLowerCase() === value; })[0];
 			const name = this.section.getUIElement(section_id, 'name');
 			const router = uci.get('ntmobile', 'main', 'name');
-			if (lease && lease.hostname && name && !name.getValue() && router)
+			if (lease && lease.hostname && name && !name.getValue() && router) {
 				name.setValue('%s.%s'.format(lease.hostname.toLowerCase(), router));
+				name.triggerValidation();
+			}
+			// the address is optional now: clear its "required" mark
+			const ip = this.section.getUIElement(section_id, 'ip');
+			if (ip)
+				ip.triggerValidation();
 		};
 
 		o = s.option(form.Value, 'ip', _('IPv4 address'));
@@ -180,6 +187,9 @@ return view.extend({
 			const mac = this.section.formvalue(section_id, 'mac');
 			const ip6 = this.section.formvalue(section_id, 'ip6');
 			return (value || mac || ip6) ? true : _('Give a MAC address from the leases or an address');
+		};
+		o.textvalue = function(section_id) {
+			return this.cfgvalue(section_id) || (uci.get('ntmobile', section_id, 'mac') ? E('em', {}, _('from the DHCP lease')) : '-');
 		};
 
 		o = s.option(form.Value, 'ip6', _('IPv6 address'));

@@ -69,6 +69,15 @@ function bytes(n) {
 	return '%1024.2mB'.format(n || 0);
 }
 
+/** Bytes per second, in B/s, KiB/s or MiB/s. */
+function rate(n) {
+	if (n < 1024)
+		return '%d B/s'.format(n);
+	if (n < 1048576)
+		return '%.1f KiB/s'.format(n / 1024);
+	return '%.1f MiB/s'.format(n / 1048576);
+}
+
 /** A LuCI table: titles, then rows of cells; `attrs` of a row may carry data-* for tests and CSS. */
 function table(id, titles, rows, placeholder) {
 	const head = E('tr', { 'class': 'tr table-titles' }, titles.map(function(t) { return E('th', { 'class': 'th' }, t); }));
@@ -105,25 +114,34 @@ function svg(tag, attrs, children) {
  * with the time each took: a dip in a line next to a marker is the gap a handover left.
  */
 function chart(samples, handovers, peers) {
-	const W = 760, H = 180, L = 64, R = 10, T = 12, B = 24;
+	const W = 760, H = 180, L = 84, R = 10, T = 12, B = 24;
 	const nodes = peers.map(function(p) { return p.node; });
 	const t1 = samples.length ? samples[samples.length - 1].t : Date.now();
-	const t0 = t1 - (CHART_SAMPLES - 1) * POLL_SECONDS * 1000;
+	// from the first sample (at least a minute back) to the last: the lines fill the width
+	const t0 = Math.min(samples.length ? samples[0].t : t1, t1 - 60000);
 	let max = 1024;
 	samples.forEach(function(s) { nodes.forEach(function(n) { max = Math.max(max, s.rates[n] || 0); }); });
 	const x = function(t) { return L + (W - L - R) * (t - t0) / (t1 - t0 || 1); };
 	const y = function(v) { return T + (H - T - B) * (1 - v / max); };
 	const parts = [
 		svg('rect', { x: L, y: T, width: W - L - R, height: H - T - B, fill: 'none', stroke: '#ccc' }),
-		svg('text', { x: L - 6, y: T + 10, 'text-anchor': 'end', 'font-size': 11, fill: '#666' }, [ '%1024.1mB/s'.format(max) ]),
+		svg('line', { x1: L, x2: W - R, y1: y(max / 2), y2: y(max / 2), stroke: '#eee' }),
+		svg('text', { x: L - 6, y: T + 10, 'text-anchor': 'end', 'font-size': 11, fill: '#666' }, [ rate(max) ]),
 		svg('text', { x: L - 6, y: H - B, 'text-anchor': 'end', 'font-size': 11, fill: '#666' }, [ '0' ]),
-		svg('text', { x: L, y: H - 6, 'font-size': 11, fill: '#666' }, [ _('%d min ago').format(Math.round((t1 - t0) / 60000)) ]),
+		svg('text', { x: L, y: H - 6, 'font-size': 11, fill: '#666' }, [ _('%s ago').format(duration(Math.round((t1 - t0) / 1000))) ]),
 		svg('text', { x: W - R, y: H - 6, 'text-anchor': 'end', 'font-size': 11, fill: '#666' }, [ _('now') ])
 	];
-	handovers.filter(function(h) { return h.at >= t0; }).forEach(function(h) {
+	// newest first; a handover close to a labelled one (a lost uplink, then the new one) gets no label
+	let labelled = Infinity;
+	handovers.filter(function(h) { return h.at >= t0; }).reverse().forEach(function(h) {
 		const hx = x(h.at);
 		parts.push(svg('line', { x1: hx, x2: hx, y1: T, y2: H - B, stroke: '#e67e22', 'stroke-dasharray': '4 3', 'class': 'ntm-handover-mark' }));
-		parts.push(svg('text', { x: hx + 3, y: T + 22, 'font-size': 11, fill: '#e67e22' }, [ _('handover %d ms').format(h.ms) ]));
+		if (Math.abs(labelled - hx) < 100)
+			return;
+		labelled = hx;
+		// the label on the side of the line with room for it
+		const left = hx > (L + W - R) / 2;
+		parts.push(svg('text', { x: left ? hx - 4 : hx + 4, y: T + 14, 'text-anchor': left ? 'end' : 'start', 'font-size': 11, fill: '#e67e22' }, [ _('handover %d ms').format(h.ms) ]));
 	});
 	nodes.forEach(function(n, i) {
 		const pts = samples.filter(function(s) { return n in s.rates; }).map(function(s) { return x(s.t).toFixed(1) + ',' + y(s.rates[n]).toFixed(1); });
@@ -134,7 +152,7 @@ function chart(samples, handovers, peers) {
 		return E('span', {}, [ E('span', { 'style': 'display:inline-block;width:1em;height:.4em;margin-right:.3em;vertical-align:middle;background:' + CHART_COLOURS[i % CHART_COLOURS.length] }), n ]);
 	}));
 	return E('div', {}, [
-		svg('svg', { id: 'ntm-chart-svg', viewBox: '0 0 ' + W + ' ' + H, width: '100%', style: 'max-width:' + W + 'px', role: 'img', 'aria-label': _('Traffic per peer') }, parts),
+		svg('svg', { id: 'ntm-chart-svg', 'data-max': Math.round(max), viewBox: '0 0 ' + W + ' ' + H, width: '100%', style: 'max-width:' + W + 'px', role: 'img', 'aria-label': _('Traffic per peer') }, parts),
 		nodes.length ? legend : E('em', {}, _('No peers yet: the chart starts with the first tunnel.'))
 	]);
 }
