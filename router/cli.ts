@@ -5,10 +5,11 @@ import { writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { decodeSockaddr, formatEndpoint } from '../protocol/endpoint.js';
 import { type Engine } from '../tunnel/engine.js';
-import { ConfigError, loadStaticConfig } from './static-config.js';
+import { ConfigError } from '../protocol/config.js';
+import { loadStaticConfig } from './static-config.js';
 import { startStaticTunnel } from './static-tunnel.js';
 import { apiCall } from './api.js';
-import { loadRouterConfig, RouterConfigError, type RouterConfig } from './config.js';
+import { loadRouterConfig, type RouterConfig } from './config.js';
 import { createLogger } from './log.js';
 import { loadUciConfig } from './uci-config.js';
 import { UbusApi } from './ubus-api.js';
@@ -41,6 +42,7 @@ Options for status, peers, ping:
 Options for tunnel:
   --config FILE          The node's configuration (JSON).
   --stats FILE           Write counters and per-peer traffic as JSON to FILE every second.
+  --check                Validate the configuration and exit (0 valid, 2 invalid).
   --verbose              Print what the node sets up.
   -h, --help             This help.
 
@@ -71,6 +73,7 @@ async function tunnel(argv: string[]): Promise<void> {
     options: {
       config: { type: 'string' },
       stats: { type: 'string' },
+      check: { type: 'boolean', default: false },
       verbose: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
     },
@@ -82,6 +85,10 @@ async function tunnel(argv: string[]): Promise<void> {
   }
   if (!values.config) fail('tunnel: --config FILE is required (see ntmobile --help)');
   const config = loadStaticConfig(values.config);
+  if (values.check) {
+    process.stdout.write(`${values.config}: valid\n`);
+    return;
+  }
   const engine = await startStaticTunnel(config);
   const log = (msg: string) => values.verbose && process.stderr.write(`ntmobile: ${msg}\n`);
   log(`${config.tun.name} up (mtu ${config.tun.mtu}, ${config.tun.addresses.join(', ')}), udp port ${engine.socket.port}`);
@@ -125,12 +132,14 @@ async function router(argv: string[]): Promise<void> {
   }
   if ((values.config === undefined) === (values.uci === undefined)) fail('router: give --config FILE or --uci CONFIG (see ntmobile --help)');
   const source = values.uci !== undefined ? `/etc/config/${values.uci}` : values.config!;
+  // A JSON config's messages start with its file name already; UCI ones name the UCI option.
+  const where = values.uci !== undefined ? `${source}: ` : '';
   const load = (): RouterConfig => (values.uci !== undefined ? loadUciConfig(values.uci).config : loadRouterConfig(values.config!));
   let config: RouterConfig;
   try {
     config = load();
   } catch (e) {
-    if (e instanceof RouterConfigError) fail(`${source}: ${e.message}; not started`);
+    if (e instanceof ConfigError) fail(`${where}${e.message}; not started`);
     throw e;
   }
   if (values.check) {
@@ -174,9 +183,9 @@ async function router(argv: string[]): Promise<void> {
       try {
         next = load();
       } catch (e) {
-        if (!(e instanceof RouterConfigError)) throw e;
-        logger.error(`reload: ${source}: ${e.message}; the running configuration stays`);
-        throw new Error(`${source}: ${e.message}; the running configuration stays`);
+        if (!(e instanceof ConfigError)) throw e;
+        logger.error(`reload: ${where}${e.message}; the running configuration stays`);
+        throw new Error(`${where}${e.message}; the running configuration stays`);
       }
       if (values.verbose) next = { ...next, logLevel: 'debug' };
       const r = await daemon.reload(next);
@@ -268,7 +277,7 @@ async function main(): Promise<void> {
 }
 
 main().catch((e: Error) => {
-  if (e instanceof ConfigError) fail(`config: ${e.message}`);
+  if (e instanceof ConfigError) fail(e.message);
   if ((e as NodeJS.ErrnoException).code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION') fail(`${e.message} (see ntmobile --help)`);
   fail(e.message, 1);
 });

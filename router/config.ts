@@ -1,9 +1,13 @@
 // `ntmobile router --config FILE`: the node daemon's configuration (JSON; on OpenWrt generated
 // from UCI by the init script). Every error names the field: `publish[1].address: "192.168.2.300"
-// is not an IP address`. Defaults are the ones a single router on one LAN wants.
+// is not an IP address`, unknown fields are refused at every depth, relative paths are taken
+// from the config file's folder (protocol/config.ts). Defaults are the ones a single router on
+// one LAN wants.
 
 import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
+import { resolve } from 'node:path';
+import { ConfigError, int, known, loadConfigFile, obj, parseJsonObject, str, strings } from '../protocol/config.js';
 import { isDnsName } from '../protocol/control.js';
 import { type EspSuite } from '../protocol/esp.js';
 
@@ -79,100 +83,71 @@ export interface NotifyConfig {
   keepaliveSeconds: number;
 }
 
-export class RouterConfigError extends Error {
-  override readonly name = 'RouterConfigError';
-}
-
-type Json = Record<string, unknown>;
-
-function obj(v: unknown, field: string): Json {
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new RouterConfigError(`${field}: want an object`);
-  return v as Json;
-}
-
-function str(o: Json, key: string, field: string, def?: string): string {
-  const v = o[key] ?? def;
-  if (typeof v !== 'string' || v.length === 0) throw new RouterConfigError(`${field}${key}: want a non-empty string${def === undefined ? ' (required)' : ''}`);
-  return v;
-}
-
-function int(o: Json, key: string, field: string, def: number, min: number, max: number): number {
-  const v = o[key] ?? def;
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) throw new RouterConfigError(`${field}${key}: ${JSON.stringify(v)} is not an integer in ${min}..${max}`);
-  return v;
-}
-
 function name(v: unknown, field: string): string {
-  if (typeof v !== 'string' || !isDnsName(v)) throw new RouterConfigError(`${field}: ${JSON.stringify(v)} is not a lower-case DNS name`);
+  if (v === undefined) throw new ConfigError(`${field}: required (a lower-case DNS name)`);
+  if (typeof v !== 'string' || !isDnsName(v)) throw new ConfigError(`${field}: ${JSON.stringify(v)} is not a lower-case DNS name`);
   return v;
-}
-
-function strings(o: Json, key: string, field: string): string[] {
-  const v = o[key] ?? [];
-  if (!Array.isArray(v) || v.some((x) => typeof x !== 'string')) throw new RouterConfigError(`${field}${key}: want a list of strings`);
-  return v as string[];
 }
 
 export function parseRouterConfig(text: string, baseDir = '.'): RouterConfig {
-  let root: Json;
-  try {
-    root = obj(JSON.parse(text), 'config');
-  } catch (e) {
-    if (e instanceof RouterConfigError) throw e;
-    throw new RouterConfigError(`config: not valid JSON (${(e as Error).message})`);
-  }
-  const known = ['name', 'account', 'as', 'privateKeyFile', 'listen', 'tun', 'lan', 'publish', 'dns', 'resolvers', 'dc', 'dcPort', 'suite', 'rekeyAfterSeconds', 'mapPool4', 'socketPath', 'nftTable', 'general', 'notify', 'logLevel', 'dhcpLeases', 'uplinks', 'uplinkTable'];
-  for (const k of Object.keys(root)) if (!known.includes(k)) throw new RouterConfigError(`${k}: unknown setting (known: ${known.join(', ')})`);
+  const root = parseJsonObject(text);
+  known(root, ['name', 'account', 'as', 'privateKeyFile', 'listen', 'tun', 'lan', 'publish', 'dns', 'resolvers', 'dc', 'dcPort', 'suite', 'rekeyAfterSeconds', 'mapPool4', 'socketPath', 'nftTable', 'general', 'notify', 'logLevel', 'dhcpLeases', 'uplinks', 'uplinkTable'], '');
   const account = obj(root.account, 'account');
+  known(account, ['email', 'password', 'passwordFile'], 'account.');
   let password: string;
   if (typeof account.passwordFile === 'string') {
     try {
-      password = readFileSync(resolvePath(baseDir, account.passwordFile), 'utf8').trim();
+      password = readFileSync(resolve(baseDir, account.passwordFile), 'utf8').trim();
     } catch (e) {
-      throw new RouterConfigError(`account.passwordFile: ${(e as Error).message}`);
+      throw new ConfigError(`account.passwordFile: ${(e as Error).message}`);
     }
   } else password = str(account, 'password', 'account.');
   const as = obj(root.as, 'as');
+  known(as, ['url', 'ca'], 'as.');
   const url = str(as, 'url', 'as.');
-  if (!/^https:\/\//.test(url)) throw new RouterConfigError(`as.url: "${url}" must be an https:// URL`);
+  if (!/^https:\/\//.test(url)) throw new ConfigError(`as.url: "${url}" must be an https:// URL`);
   const listen = obj(root.listen ?? {}, 'listen');
   const tun = obj(root.tun ?? {}, 'tun');
   const lan = obj(root.lan ?? {}, 'lan');
   const dns = obj(root.dns ?? {}, 'dns');
+  known(listen, ['address', 'port'], 'listen.');
+  known(tun, ['name', 'mtu'], 'tun.');
+  known(lan, ['interfaces'], 'lan.');
+  known(dns, ['address', 'port', 'domains', 'timeoutMs'], 'dns.');
   const publishRaw = root.publish ?? [];
-  if (!Array.isArray(publishRaw)) throw new RouterConfigError('publish: want a list');
+  if (!Array.isArray(publishRaw)) throw new ConfigError('publish: want a list');
   const ownName = name(root.name, 'name');
   const publish = publishRaw.map((p, i) => {
     const f = `publish[${i}].`;
     const o = obj(p, `publish[${i}]`);
     const n = name(o.name, `${f}name`);
     if (!n.endsWith(`.${ownName}`) && n.split('.').slice(1).join('.') !== ownName.split('.').slice(1).join('.')) {
-      throw new RouterConfigError(`${f}name: "${n}" is neither under ${ownName} nor in its zone`);
+      throw new ConfigError(`${f}name: "${n}" is neither under ${ownName} nor in its zone`);
     }
-    for (const k of Object.keys(o)) if (!['name', 'address', 'addresses', 'mac'].includes(k)) throw new RouterConfigError(`${f}${k}: unknown setting (known: name, address, addresses, mac)`);
+    known(o, ['name', 'address', 'addresses', 'mac'], f);
     const addrs = typeof o.address === 'string' ? [o.address] : strings(o, 'addresses', f);
     let mac: string | null = null;
     if (o.mac !== undefined) {
-      if (typeof o.mac !== 'string' || !/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i.test(o.mac)) throw new RouterConfigError(`${f}mac: ${JSON.stringify(o.mac)} is not a MAC address (aa:bb:cc:dd:ee:ff)`);
+      if (typeof o.mac !== 'string' || !/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i.test(o.mac)) throw new ConfigError(`${f}mac: ${JSON.stringify(o.mac)} is not a MAC address (aa:bb:cc:dd:ee:ff)`);
       mac = o.mac.toLowerCase();
     }
-    if (addrs.length === 0 && mac === null) throw new RouterConfigError(`${f}address: required (an IP address, or a mac)`);
-    for (const a of addrs) if (!isIP(a)) throw new RouterConfigError(`${f}address: "${a}" is not an IP address`);
+    if (addrs.length === 0 && mac === null) throw new ConfigError(`${f}address: required (an IP address, or a mac)`);
+    for (const a of addrs) if (!isIP(a)) throw new ConfigError(`${f}address: "${a}" is not an IP address`);
     return { name: n, address4: addrs.find((a) => isIP(a) === 4) ?? null, address6: addrs.find((a) => isIP(a) === 6) ?? null, mac };
   });
   const suite = str(root, 'suite', '', 'aes-gcm');
-  if (suite !== 'aes-gcm' && suite !== 'chacha20-poly1305') throw new RouterConfigError(`suite: "${suite}", want aes-gcm or chacha20-poly1305`);
+  if (suite !== 'aes-gcm' && suite !== 'chacha20-poly1305') throw new ConfigError(`suite: "${suite}", want aes-gcm or chacha20-poly1305`);
   const domains = strings(dns, 'domains', 'dns.').map((d, i) => name(d, `dns.domains[${i}]`));
   const dc = obj(root.dc ?? {}, 'dc');
-  for (const [z, a] of Object.entries(dc)) if (typeof a !== 'string' || !isIP(a)) throw new RouterConfigError(`dc.${z}: want an IP address`);
+  for (const [z, a] of Object.entries(dc)) if (typeof a !== 'string' || !isIP(a)) throw new ConfigError(`dc.${z}: want an IP address`);
   const general = obj(root.general ?? {}, 'general');
-  for (const k of Object.keys(general)) if (k !== 'viaRelay') throw new RouterConfigError(`general.${k}: unknown setting (known: viaRelay)`);
+  known(general, ['viaRelay'], 'general.');
   const viaRelay = strings(general, 'viaRelay', 'general.').map((d, i) => name(d, `general.viaRelay[${i}]`));
-  const asCa = resolvePath(baseDir, str(as, 'ca', 'as.'));
+  const asCa = resolve(baseDir, str(as, 'ca', 'as.'));
   let notify: NotifyConfig | null = null;
   if (root.notify !== undefined && root.notify !== null && root.notify !== false) {
     const n = obj(root.notify, 'notify');
-    for (const k of Object.keys(n)) if (!['mqtt', 'ca', 'keepaliveSeconds'].includes(k)) throw new RouterConfigError(`notify.${k}: unknown setting (known: mqtt, ca, keepaliveSeconds)`);
+    known(n, ['mqtt', 'ca', 'keepaliveSeconds'], 'notify.');
     let mqtt: string | null = null;
     if (n.mqtt !== undefined && n.mqtt !== null) {
       mqtt = str(n, 'mqtt', 'notify.');
@@ -183,34 +158,34 @@ export function parseRouterConfig(text: string, baseDir = '.'): RouterConfig {
         u = null;
       }
       // Plain mqtt:// would hand the broker credentials to anyone on the path.
-      if (u === null || u.protocol !== 'mqtts:' || u.hostname === '') throw new RouterConfigError(`notify.mqtt: "${mqtt}" must be an mqtts:// URL with a host`);
+      if (u === null || u.protocol !== 'mqtts:' || u.hostname === '') throw new ConfigError(`notify.mqtt: "${mqtt}" must be an mqtts:// URL with a host`);
     }
     notify = {
       mqtt,
-      caFile: n.ca === undefined ? asCa : resolvePath(baseDir, str(n, 'ca', 'notify.')),
+      caFile: n.ca === undefined ? asCa : resolve(baseDir, str(n, 'ca', 'notify.')),
       keepaliveSeconds: int(n, 'keepaliveSeconds', 'notify.', 300, 10, 3600),
     };
   }
   const logLevel = str(root, 'logLevel', '', 'info');
-  if (!(LOG_LEVELS as readonly string[]).includes(logLevel)) throw new RouterConfigError(`logLevel: "${logLevel}", want one of ${LOG_LEVELS.join(', ')}`);
+  if (!(LOG_LEVELS as readonly string[]).includes(logLevel)) throw new ConfigError(`logLevel: "${logLevel}", want one of ${LOG_LEVELS.join(', ')}`);
   const tunName = str(tun, 'name', 'tun.', 'ntm0');
-  if (tunName.length > 15) throw new RouterConfigError(`tun.name: "${tunName}" is longer than 15 characters`);
+  if (tunName.length > 15) throw new ConfigError(`tun.name: "${tunName}" is longer than 15 characters`);
   const lanInterfaces = strings(lan, 'interfaces', 'lan.');
   const uplinks = strings(root, 'uplinks', '');
   uplinks.forEach((d, i) => {
-    if (!isIfName(d)) throw new RouterConfigError(`uplinks[${i}]: ${JSON.stringify(d)} is not an interface name (1 to 15 bytes, no "/", ":" or white space)`);
-    if (uplinks.indexOf(d) !== i) throw new RouterConfigError(`uplinks[${i}]: "${d}" is listed twice`);
-    if (d === tunName || lanInterfaces.includes(d)) throw new RouterConfigError(`uplinks[${i}]: "${d}" is ${d === tunName ? 'our TUN device (tun.name)' : 'a LAN interface (lan.interfaces)'}, not an uplink`);
+    if (!isIfName(d)) throw new ConfigError(`uplinks[${i}]: ${JSON.stringify(d)} is not an interface name (1 to 15 bytes, no "/", ":" or white space)`);
+    if (uplinks.indexOf(d) !== i) throw new ConfigError(`uplinks[${i}]: "${d}" is listed twice`);
+    if (d === tunName || lanInterfaces.includes(d)) throw new ConfigError(`uplinks[${i}]: "${d}" is ${d === tunName ? 'our TUN device (tun.name)' : 'a LAN interface (lan.interfaces)'}, not an uplink`);
   });
   // Both rule priorities (this number and the next) must come before the main table's rule
   // (32766); 253-255 are the kernel's own tables.
   const uplinkTable = int(root, 'uplinkTable', '', 4500, 1, 32764);
-  if (uplinkTable >= 253 && uplinkTable <= 255) throw new RouterConfigError(`uplinkTable: ${uplinkTable} is one of the kernel's tables (default, main, local)`);
+  if (uplinkTable >= 253 && uplinkTable <= 255) throw new ConfigError(`uplinkTable: ${uplinkTable} is one of the kernel's tables (default, main, local)`);
   return {
     name: ownName,
     account: { email: str(account, 'email', 'account.'), password },
     as: { url, caFile: asCa },
-    privateKeyFile: resolvePath(baseDir, str(root, 'privateKeyFile', '', '/etc/ntmobile/node.key')),
+    privateKeyFile: resolve(baseDir, str(root, 'privateKeyFile', '', '/etc/ntmobile/node.key')),
     listen: { address: str(listen, 'address', 'listen.', '::'), port: int(listen, 'port', 'listen.', 4500, 0, 65535) },
     tun: { name: tunName, mtu: int(tun, 'mtu', 'tun.', 1400, 1280, 9000) },
     lan: { interfaces: lanInterfaces },
@@ -243,19 +218,9 @@ function isIfName(n: string): boolean {
   return n.length > 0 && Buffer.byteLength(n) <= 15 && n !== '.' && n !== '..' && !/[/:\s]/.test(n);
 }
 
-function resolvePath(base: string, p: string): string {
-  return p.startsWith('/') ? p : `${base}/${p}`;
-}
-
+/** The config file; relative paths in it are taken from its folder, every error starts with its name. */
 export function loadRouterConfig(path: string): RouterConfig {
-  let text: string;
-  try {
-    text = readFileSync(path, 'utf8');
-  } catch (e) {
-    throw new RouterConfigError(`${path}: ${(e as Error).message}`);
-  }
-  const dir = path.includes('/') ? path.slice(0, path.lastIndexOf('/')) : '.';
-  return parseRouterConfig(text, dir);
+  return loadConfigFile(path, parseRouterConfig);
 }
 
 /** Settings a reload applies in place (router/daemon.ts reload); a change of any other restarts. */

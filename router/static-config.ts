@@ -2,8 +2,8 @@
 // and interop (docs/static-tunnel.md). Parsing checks every field and names the one that is wrong,
 // e.g. `peers[0].inbound.key: 62 hex digits, want 64 (32 bytes for chacha20-poly1305)`.
 
-import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
+import { ConfigError as SharedConfigError, loadConfigFile, parseJsonObject } from '../protocol/config.js';
 import { type EspSuite, SPI_MIN } from '../protocol/esp.js';
 import { encodeSockaddr } from '../protocol/endpoint.js';
 
@@ -34,8 +34,8 @@ export interface StaticConfig {
 export const DEFAULT_TUN_MTU = 1400;
 export const DEFAULT_PORT = 4500;
 
-export class ConfigError extends Error {
-  override name = 'ConfigError';
+/** The loader's ConfigError (exit status 2), built from the field's path and what is wrong with it. */
+export class ConfigError extends SharedConfigError {
   constructor(
     readonly field: string,
     message: string,
@@ -139,13 +139,7 @@ function peer(v: unknown, field: string): StaticPeer {
 }
 
 export function parseStaticConfig(text: string): StaticConfig {
-  let raw: unknown;
-  try {
-    raw = JSON.parse(text);
-  } catch (e) {
-    throw new ConfigError('(file)', `not valid JSON: ${(e as Error).message}`);
-  }
-  const o = object(raw, '(file)');
+  const o = parseJsonObject(text);
   noUnknownKeys(o, ['tun', 'listen', 'peers'], '');
   const tun = object(o.tun, 'tun');
   noUnknownKeys(tun, ['name', 'mtu', 'addresses'], 'tun');
@@ -174,12 +168,7 @@ export function parseStaticConfig(text: string): StaticConfig {
   };
 }
 
+/** The config file; every error starts with its name (`tunnel.json: peers[0].inbound.key: …`). */
 export function loadStaticConfig(path: string): StaticConfig {
-  let text: string;
-  try {
-    text = readFileSync(path, 'utf8');
-  } catch (e) {
-    throw new ConfigError(path, `cannot read: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
-  }
-  return parseStaticConfig(text);
+  return loadConfigFile(path, parseStaticConfig);
 }

@@ -11,7 +11,8 @@
 // (`network.NAME.device`), else the name is taken as a device name.
 
 import { execFileSync } from 'node:child_process';
-import { parseRouterConfig, RouterConfigError, type RouterConfig } from './config.js';
+import { ConfigError } from '../protocol/config.js';
+import { parseRouterConfig, type RouterConfig } from './config.js';
 
 /** One UCI section: its type, its name (cfgXXXXXX for anonymous ones) and its options. */
 export interface UciSection {
@@ -30,10 +31,10 @@ export function parseUciShow(text: string, config: string): UciSection[] {
   for (const [i, line] of text.split('\n').entries()) {
     if (line.trim() === '') continue;
     const eq = line.indexOf('=');
-    if (eq < 0) throw new RouterConfigError(`uci show ${config}: line ${i + 1}: no "=" in ${JSON.stringify(line)}`);
+    if (eq < 0) throw new ConfigError(`uci show ${config}: line ${i + 1}: no "=" in ${JSON.stringify(line)}`);
     const path = line.slice(0, eq).split('.');
     const words = shellWords(line.slice(eq + 1), `uci show ${config}: line ${i + 1}`);
-    if (path[0] !== config || path.length < 2 || path.length > 3) throw new RouterConfigError(`uci show ${config}: line ${i + 1}: unexpected key ${line.slice(0, eq)}`);
+    if (path[0] !== config || path.length < 2 || path.length > 3) throw new ConfigError(`uci show ${config}: line ${i + 1}: unexpected key ${line.slice(0, eq)}`);
     if (path.length === 2) {
       const s: UciSection = { type: words[0] ?? '', name: path[1]!, options: new Map() };
       sections.set(s.name, s);
@@ -41,7 +42,7 @@ export function parseUciShow(text: string, config: string): UciSection[] {
       continue;
     }
     const s = sections.get(path[1]!);
-    if (s === undefined) throw new RouterConfigError(`uci show ${config}: line ${i + 1}: option of unknown section ${path[1]}`);
+    if (s === undefined) throw new ConfigError(`uci show ${config}: line ${i + 1}: option of unknown section ${path[1]}`);
     // `uci show` cannot tell a one-element list from an option; callers that want lists accept both.
     s.options.set(path[2]!, words.length === 1 ? words[0]! : words);
   }
@@ -61,7 +62,7 @@ function shellWords(s: string, where: string): string[] {
     while (i < s.length && s[i] !== ' ') {
       if (s[i] === "'") {
         const end = s.indexOf("'", i + 1);
-        if (end < 0) throw new RouterConfigError(`${where}: unterminated quote`);
+        if (end < 0) throw new ConfigError(`${where}: unterminated quote`);
         w += s.slice(i + 1, end);
         i = end + 1;
       } else if (s[i] === '\\' && i + 1 < s.length) {
@@ -91,7 +92,7 @@ export const systemUci: UciAccess = {
       return execFileSync('uci', ['-q', '-X', 'show', config], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 5000 });
     } catch (e) {
       const err = e as NodeJS.ErrnoException & { status?: number };
-      if (err.code === 'ENOENT') throw new RouterConfigError('uci: the uci command is not installed (is this OpenWrt? use --config FILE elsewhere)');
+      if (err.code === 'ENOENT') throw new ConfigError('uci: the uci command is not installed (is this OpenWrt? use --config FILE elsewhere)');
       return null;
     }
   },
@@ -160,10 +161,10 @@ export interface UciLoad {
  */
 export function loadUciConfig(config = 'ntmobile', uci: UciAccess = systemUci): UciLoad {
   const text = uci.show(config);
-  if (text === null) throw new RouterConfigError(`/etc/config/${config}: no such UCI config`);
+  if (text === null) throw new ConfigError(`/etc/config/${config}: no such UCI config`);
   const sections = parseUciShow(text, config);
   const main = sections.find((s) => s.type === 'ntmobile');
-  if (main === undefined) throw new RouterConfigError(`/etc/config/${config}: no "config ntmobile" section (see docs/openwrt.md)`);
+  if (main === undefined) throw new ConfigError(`/etc/config/${config}: no "config ntmobile" section (see docs/openwrt.md)`);
   const at = (s: UciSection, o: string): string => `${config}.${s.name}.${o}`;
   const names = new Map<string, string>(); // JSON field → UCI option path, for error messages
 
@@ -172,7 +173,7 @@ export function loadUciConfig(config = 'ntmobile', uci: UciAccess = systemUci): 
     const m = MAIN_OPTIONS.find((x) => x.option === opt);
     if (m === undefined) {
       if (MAIN_OTHER.includes(opt)) continue;
-      throw new RouterConfigError(`${at(main, opt)}: unknown option (known: ${[...MAIN_OPTIONS.map((x) => x.option), ...MAIN_OTHER].sort().join(', ')})`);
+      throw new ConfigError(`${at(main, opt)}: unknown option (known: ${[...MAIN_OPTIONS.map((x) => x.option), ...MAIN_OTHER].sort().join(', ')})`);
     }
     names.set(m.field, at(main, opt));
     setPath(json, m.field, convert(value, m.kind, at(main, opt)));
@@ -200,14 +201,14 @@ export function loadUciConfig(config = 'ntmobile', uci: UciAccess = systemUci): 
   for (const s of sections) {
     if (s === main) continue;
     if (s.type === 'dc') {
-      for (const o of s.options.keys()) if (!DC_OPTIONS.includes(o)) throw new RouterConfigError(`${at(s, o)}: unknown option (known: ${DC_OPTIONS.join(', ')})`);
+      for (const o of s.options.keys()) if (!DC_OPTIONS.includes(o)) throw new ConfigError(`${at(s, o)}: unknown option (known: ${DC_OPTIONS.join(', ')})`);
       const zone = s.options.get('zone');
       const address = s.options.get('address');
-      if (typeof zone !== 'string' || typeof address !== 'string') throw new RouterConfigError(`${config}.${s.name}: a dc section needs "zone" and "address"`);
+      if (typeof zone !== 'string' || typeof address !== 'string') throw new ConfigError(`${config}.${s.name}: a dc section needs "zone" and "address"`);
       dc[zone] = address;
       names.set(`dc.${zone}`, at(s, 'address'));
     } else if (s.type === 'publish') {
-      for (const o of s.options.keys()) if (!PUBLISH_OPTIONS.includes(o)) throw new RouterConfigError(`${at(s, o)}: unknown option (known: ${PUBLISH_OPTIONS.join(', ')})`);
+      for (const o of s.options.keys()) if (!PUBLISH_OPTIONS.includes(o)) throw new ConfigError(`${at(s, o)}: unknown option (known: ${PUBLISH_OPTIONS.join(', ')})`);
       const i = publish.length;
       const p: Json = {};
       const name = s.options.get('name');
@@ -221,7 +222,7 @@ export function loadUciConfig(config = 'ntmobile', uci: UciAccess = systemUci): 
       names.set(`publish[${i}].mac`, at(s, 'mac'));
       publish.push(p);
     } else {
-      throw new RouterConfigError(`${config}.${s.name}: unknown section type "${s.type}" (known: ntmobile, dc, publish)`);
+      throw new ConfigError(`${config}.${s.name}: unknown section type "${s.type}" (known: ntmobile, dc, publish)`);
     }
   }
   json.dc = dc;
@@ -229,8 +230,8 @@ export function loadUciConfig(config = 'ntmobile', uci: UciAccess = systemUci): 
   try {
     return { config: parseRouterConfig(JSON.stringify(json), '/etc/ntmobile'), json };
   } catch (e) {
-    if (!(e instanceof RouterConfigError)) throw e;
-    throw new RouterConfigError(renameField(e.message, names));
+    if (!(e instanceof ConfigError)) throw e;
+    throw new ConfigError(renameField(e.message, names));
   }
 }
 
@@ -246,12 +247,12 @@ function renameField(message: string, names: Map<string, string>): string {
 
 function convert(value: string | string[], kind: OptionMap['kind'], where: string): unknown {
   if (kind === 'list') return Array.isArray(value) ? value : value.split(/\s+/).filter(Boolean);
-  if (Array.isArray(value)) throw new RouterConfigError(`${where}: one value expected, got a list of ${value.length}`);
+  if (Array.isArray(value)) throw new ConfigError(`${where}: one value expected, got a list of ${value.length}`);
   if (kind === 'int') return /^-?\d+$/.test(value) ? Number(value) : value;
   if (kind === 'bool') {
     if (['1', 'on', 'true', 'yes', 'enabled'].includes(value)) return true;
     if (['0', 'off', 'false', 'no', 'disabled'].includes(value)) return false;
-    throw new RouterConfigError(`${where}: "${value}" is not a boolean (0 or 1)`);
+    throw new ConfigError(`${where}: "${value}" is not a boolean (0 or 1)`);
   }
   return value;
 }

@@ -1,12 +1,11 @@
 // The one way our servers run from the command line (`ntmobile-dc|rs|ns serve --config FILE
-// [--status FILE] [--verbose]`): argument parsing, the config file read with a clear error,
-// a ready line, the status file every second, SIGINT/SIGTERM stop (removing what the server set
+// [--status FILE] [--verbose] [--check]`, `--help`, `--version`): argument parsing, the config
+// file read and checked (protocol/config.ts; `--check` stops there), a ready line, the status file every second, SIGINT/SIGTERM stop (removing what the server set
 // up), SIGUSR1 prints the status; exit 2 for bad usage or config, 1 for anything else.
 
-import { readFileSync } from 'node:fs';
-import { dirname, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { UsageError } from './config-json.js';
+import { loadConfigFile, UsageError } from '../protocol/config.js';
+import { packageVersion } from '../protocol/version.js';
 import { writeStateFile } from './state-file.js';
 
 export interface Servable {
@@ -39,16 +38,32 @@ async function serve<C, S extends Servable>(spec: ServeSpec<C, S>): Promise<void
     process.stdout.write(spec.usage);
     return;
   }
-  if (command !== 'serve') throw new UsageError(`unknown command "${command}" (see ${spec.program} --help)`);
-  const { values } = parseArgs({ args: rest, options: { config: { type: 'string' }, status: { type: 'string' }, verbose: { type: 'boolean', default: false } }, strict: true });
-  if (!values.config) throw new UsageError('serve: --config FILE is required');
-  let text: string;
-  try {
-    text = readFileSync(values.config, 'utf8');
-  } catch (e) {
-    throw new UsageError(`${values.config}: ${(e as Error).message}`);
+  if (command === '--version') {
+    process.stdout.write(`${spec.program} (${packageVersion()})\n`);
+    return;
   }
-  const config = spec.parse(text, dirname(resolve(values.config)));
+  if (command !== 'serve') throw new UsageError(`unknown command "${command}" (see ${spec.program} --help)`);
+  const { values } = parseArgs({
+    args: rest,
+    options: {
+      config: { type: 'string' },
+      status: { type: 'string' },
+      verbose: { type: 'boolean', default: false },
+      check: { type: 'boolean', default: false },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
+    strict: true,
+  });
+  if (values.help) {
+    process.stdout.write(spec.usage);
+    return;
+  }
+  if (!values.config) throw new UsageError('serve: --config FILE is required');
+  const config = loadConfigFile(values.config, spec.parse);
+  if (values.check) {
+    process.stdout.write(`${values.config}: valid\n`);
+    return;
+  }
   const server = spec.create({ ...config, verbose: values.verbose });
   await server.start();
   process.stdout.write(`ready ${spec.ready(config, server)}\n`);

@@ -171,7 +171,7 @@ t.test('config general: allowPrivate off by default; bad input named', async (t)
   t.strictSame(cfg({ general: {} }).general, { allowPrivate: false });
   t.strictSame(cfg({ general: { allowPrivate: true } }).general, { allowPrivate: true });
   t.throws(() => cfg({ general: { allowPrivate: 'yes' } }), { name: 'ConfigError', message: /^general\.allowPrivate: "yes" is not true or false$/ });
-  t.throws(() => cfg({ general: { allowPrivates: true } }), { name: 'ConfigError', message: /^general\.allowPrivates: unknown setting \(known: allowPrivate\)$/ });
+  t.throws(() => cfg({ general: { allowPrivates: true } }), { name: 'ConfigError', message: /^general\.allowPrivates: unknown field \(known: allowPrivate\)$/ });
   t.throws(() => cfg({ general: [] }), { name: 'ConfigError', message: /^general: want an object$/ });
 });
 
@@ -179,7 +179,7 @@ t.test('config relays: bad input is refused with the field named', async (t) => 
   const bad: [unknown, RegExp][] = [
     [{ name: 'rs1.relay.test', address: '198.18.0.14' }, /relays: want a list/],
     [['rs1.relay.test'], /relays\[0\]: want an object/],
-    [[{ address: '198.18.0.14' }], /relays\[0\]\.name: want a string \(required\)/],
+    [[{ address: '198.18.0.14' }], /relays\[0\]\.name: required \(a string\)/],
     [[{ name: 'RS1.relay.test', address: '198.18.0.14' }], /relays\[0\]\.name: "RS1\.relay\.test" is not a lower-case DNS name/],
     [[{ name: 'rs1.relay.test' }], /relays\[0\] \(rs1\.relay\.test\): want "address" \(IPv4\), "address6" \(IPv6\) or both/],
     [[{ name: 'rs1.relay.test', address: '2001:db8::e' }], /relays\[0\]\.address: "2001:db8::e" is not an IPv4 address/],
@@ -187,12 +187,12 @@ t.test('config relays: bad input is refused with the field named', async (t) => 
     [[{ name: 'rs1.relay.test', address: 'rs1.relay.test' }], /relays\[0\]\.address: "rs1\.relay\.test" is not an IPv4 address/],
     [[{ name: 'rs1.relay.test', address: '198.18.0.14', port: 0 }], /relays\[0\]\.port: 0 is not an integer in 1\.\.65535/],
     [[{ name: 'rs1.relay.test', address: '198.18.0.14', tlsPort: '4601' }], /relays\[0\]\.tlsPort: "4601" is not an integer/],
-    [[{ name: 'rs1.relay.test', address: '198.18.0.14', adress6: '2001:db8::e' }], /relays\[0\]\.adress6: unknown setting/],
+    [[{ name: 'rs1.relay.test', address: '198.18.0.14', adress6: '2001:db8::e' }], /relays\[0\]\.adress6: unknown field/],
     [[{ name: 'rs1.relay.test', address: '198.18.0.14' }, { name: 'rs1.relay.test', address: '198.18.0.15' }], /relays\[1\]\.name: "rs1\.relay\.test" is listed twice/],
   ];
   for (const [relays, re] of bad) t.throws(() => cfg({ relays }), { name: 'ConfigError', message: re }, JSON.stringify(relays));
   t.throws(() => parseRelays(null), ConfigError, 'null is not a list');
-  t.throws(() => cfg({ relay: [] }), { message: /relay: unknown setting/ }, 'a misspelt top-level field');
+  t.throws(() => cfg({ relay: [] }), { message: /relay: unknown field/ }, 'a misspelt top-level field');
 });
 
 // ---- Kdcrs: the key store ---------------------------------------------------------------------

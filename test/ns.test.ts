@@ -112,14 +112,14 @@ t.test('NS config: defaults, the two broker kinds, clear errors', async (t) => {
   t.equal(m.statePath, join(tmp, 'ns.state'));
   const bad: [object, RegExp][] = [
     [{ ...base, name: 'NS1' }, /^name: "NS1" is not a lower-case DNS name/],
-    [{ ...base, colour: 1 }, /^colour: unknown setting/],
-    [{ name: 'ns1.notify.test' }, /^tls: want an object/],
+    [{ ...base, colour: 1 }, /^colour: unknown field/],
+    [{ name: 'ns1.notify.test' }, /^tls: required \(an object\)/],
     [{ ...base, broker: { type: 'hivemq' } }, /^broker\.type: "hivemq", want embedded or mosquitto/],
     [{ ...base, broker: { port: 70000 } }, /^broker\.port: 70000 is not an integer in 0\.\.65535/],
     [{ ...base, broker: { publicUrl: 'https://x' } }, /^broker\.publicUrl: "https:\/\/x": want an mqtts:\/\//],
     [{ ...base, broker: { type: 'mosquitto', url: 'mqtts://127.0.0.1:8883', username: 'u', password: 'p', accessControl: 'acl' } }, /^broker\.accessControl: "acl", want dynsec or none/],
-    [{ ...base, broker: { type: 'mosquitto', url: 'mqtts://127.0.0.1:8883', username: 'u' } }, /^broker\.password: want a string \(required\)/],
-    [{ ...base, broker: { type: 'mosquitto', username: 'u', password: 'p' } }, /^broker\.url: want a string \(required\)/],
+    [{ ...base, broker: { type: 'mosquitto', url: 'mqtts://127.0.0.1:8883', username: 'u' } }, /^broker\.password: required \(a string\)/],
+    [{ ...base, broker: { type: 'mosquitto', username: 'u', password: 'p' } }, /^broker\.url: required \(a string\)/],
     [{ ...base, listen: { address: 'any' } }, /^listen\.address: "any" is not an IP address/],
   ];
   for (const [cfg, re] of bad) {
@@ -138,11 +138,11 @@ t.test('DC config: ns', async (t) => {
   t.equal(parseDcConfig(JSON.stringify(base)).ns, null, 'no NS: no MQTT mode');
   t.strictSame(parseDcConfig(JSON.stringify({ ...base, ns: { name: 'ns1.notify.test', address: '198.18.0.16' } })).ns, { name: 'ns1.notify.test', address: '198.18.0.16', port: 4700, tlsPort: 4701, maxKeepaliveSeconds: 1800 });
   const bad: [object, RegExp][] = [
-    [{ ns: { name: 'ns1.notify.test' } }, /^ns\.address: want a string/],
+    [{ ns: { name: 'ns1.notify.test' } }, /^ns\.address: required \(a string\)/],
     [{ ns: { name: 'x_y', address: '198.18.0.16' } }, /^ns\.name: "x_y" is not a lower-case DNS name/],
     [{ ns: { name: 'ns1.notify.test', address: 'ns1' } }, /^ns\.address: "ns1" is not an IP address/],
     [{ ns: { name: 'ns1.notify.test', address: '198.18.0.16', maxKeepaliveSeconds: 5 } }, /^ns\.maxKeepaliveSeconds: 5 is not an integer in 20\.\.65535/],
-    [{ ns: { name: 'ns1.notify.test', address: '198.18.0.16', url: 'x' } }, /^ns\.url: unknown setting/],
+    [{ ns: { name: 'ns1.notify.test', address: '198.18.0.16', url: 'x' } }, /^ns\.url: unknown field/],
   ];
   for (const [extra, re] of bad) {
     try {

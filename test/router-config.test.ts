@@ -4,7 +4,8 @@ import t from 'tap';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { parseRouterConfig, RouterConfigError } from '../router/config.js';
+import { ConfigError } from '../protocol/config.js';
+import { parseRouterConfig } from '../router/config.js';
 
 const dir = mkdtempSync(path.join(os.tmpdir(), 'ntm-router-config-'));
 writeFileSync(path.join(dir, 'pw'), 'secret\n', { mode: 0o600 });
@@ -46,14 +47,14 @@ t.test('general.viaRelay', async (t) => {
   t.strictSame(c.general.viaRelay, ['general.test', 'cloud.example.org']);
 });
 
-t.test('bad input: a RouterConfigError that names the setting', async (t) => {
+t.test('bad input: a ConfigError that names the setting', async (t) => {
   const cases: [Record<string, unknown> | string, RegExp][] = [
     ['{', /not valid JSON/],
     [{ general: { viaRelay: ['Not A Name'] } }, /general\.viaRelay\[0\]: "Not A Name" is not a lower-case DNS name/],
     [{ general: { viaRelay: 'general.test' } }, /general\.viaRelay: want a list of strings/],
-    [{ general: { relay: ['x.test'] } }, /general\.relay: unknown setting/],
+    [{ general: { relay: ['x.test'] } }, /general\.relay: unknown field/],
     [{ general: [] }, /general: want an object/],
-    [{ colour: 'blue' }, /colour: unknown setting/],
+    [{ colour: 'blue' }, /colour: unknown field/],
     [{ rekeyAfterSeconds: 1 }, /rekeyAfterSeconds: 1 is not an integer in 2\.\.86400/],
     [{ suite: 'des' }, /suite: "des"/],
     [{ as: { url: 'http://x', ca: 'c' } }, /as\.url: "http:\/\/x" must be an https:\/\/ URL/],
@@ -61,15 +62,15 @@ t.test('bad input: a RouterConfigError that names the setting', async (t) => {
     [{ tun: { name: 'a-very-long-tun-name' } }, /tun\.name: .* longer than 15/],
     [{ notify: { mqtt: 'mqtt://ns1.notify.test:1883' } }, /notify\.mqtt: "mqtt:\/\/ns1\.notify\.test:1883" must be an mqtts:\/\/ URL/],
     [{ notify: { mqtt: 'not a url' } }, /notify\.mqtt: "not a url" must be an mqtts:\/\/ URL/],
-    [{ notify: { mqtt: 42 } }, /notify\.mqtt: want a non-empty string/],
+    [{ notify: { mqtt: 42 } }, /notify\.mqtt: 42: want a non-empty string/],
     [{ notify: { keepaliveSeconds: 5 } }, /notify\.keepaliveSeconds: 5 is not an integer in 10\.\.3600/],
     [{ notify: { keepaliveSeconds: 300.5 } }, /notify\.keepaliveSeconds: 300\.5 is not an integer/],
-    [{ notify: { url: 'mqtts://x' } }, /notify\.url: unknown setting \(known: mqtt, ca, keepaliveSeconds\)/],
+    [{ notify: { url: 'mqtts://x' } }, /notify\.url: unknown field \(known: mqtt, ca, keepaliveSeconds\)/],
     [{ notify: 'mqtts://x' }, /notify: want an object/],
   ];
   for (const [input, re] of cases) {
     const text = typeof input === 'string' ? input : JSON.stringify({ ...MIN, ...input });
-    t.throws(() => parseRouterConfig(text, dir), RouterConfigError, `${JSON.stringify(input)} → RouterConfigError`);
+    t.throws(() => parseRouterConfig(text, dir), ConfigError, `${JSON.stringify(input)} → ConfigError`);
     t.throws(() => parseRouterConfig(text, dir), re, `${JSON.stringify(input)} → ${re}`);
   }
 });

@@ -750,10 +750,10 @@ t.test('config: defaults, relative paths, clear errors', async (t) => {
   t.equal(g.quota.routeBytes, 5);
   const bad = (o: object) => () => parseRsConfig(JSON.stringify({ name: 'rs1.relay.test', tls: { ca: 'a', cert: 'b', key: 'c' }, privateKeyFile: 'k', ...o }));
   t.throws(bad({ name: 'RS1' }), /name: "RS1" is not a lower-case DNS name/);
-  t.throws(bad({ tls: undefined }), /tls: want an object/);
-  t.throws(bad({ privateKeyFile: undefined }), /privateKeyFile: want a string \(required\)/);
+  t.throws(bad({ tls: undefined }), /tls: required \(an object\)/);
+  t.throws(bad({ privateKeyFile: undefined }), /privateKeyFile: required \(a string\)/);
   t.throws(bad({ quota: { routeBytesPerSecond: 10 } }), /quota\.routeBytesPerSecond: 10 is below/);
-  t.throws(bad({ quota: { maxroutes: 1 } }), /quota\.maxroutes: unknown setting/);
+  t.throws(bad({ quota: { maxroutes: 1 } }), /quota\.maxroutes: unknown field/);
   t.throws(bad({ gateway: { nftTable: 'bad-name' } }), /gateway\.nftTable/);
   t.throws(bad({ listen: { address: 'localhost' } }), /listen\.address: "localhost" is not an IP address/);
   t.throws(() => parseRsConfig('{'), /not valid JSON/);

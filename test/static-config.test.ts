@@ -1,7 +1,8 @@
 // The static tunnel file: a valid file parses to the right values, and every kind of mistake is
 // refused with the name of the field.
 import t from 'tap';
-import { parseStaticConfig, ConfigError } from '../router/static-config.js';
+import { ConfigError } from '../protocol/config.js';
+import { parseStaticConfig } from '../router/static-config.js';
 import { decodeSockaddr } from '../protocol/endpoint.js';
 
 const good = () => ({
@@ -39,7 +40,7 @@ t.test('a valid file', async (t) => {
 
 t.test('mistakes name their field', async (t) => {
   const cases: [string, (c: ReturnType<typeof good>) => unknown, RegExp][] = [
-    ['not JSON', () => '{', /^\(file\): not valid JSON/],
+    ['not JSON', () => '{', /^line 1, column 2: not valid JSON/],
     ['unknown top field', (c) => ({ ...c, tunn: 1 }), /^tunn: unknown field/],
     ['tun name too long', (c) => ((c.tun.name = 'a-very-long-tun-name'), c), /^tun\.name/],
     ['mtu', (c) => ((c.tun.mtu = 100), c), /^tun\.mtu: 100: want an integer from 576/],

@@ -4,7 +4,10 @@
 // DCs over mutual TLS and is only needed to serve).
 
 import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
+import { ConfigError, int, known, loadConfigFile, obj, parseJsonObject, str, UsageError } from '../../protocol/config.js';
+import { packageVersion } from '../../protocol/version.js';
 import type { KeyDistributorOptions } from './key-distribution.js';
 import { AsServer, type LoginLimits } from './server.js';
 import { AccountStore, StoreError, type Account } from './store.js';
@@ -12,7 +15,8 @@ import { AccountStore, StoreError, type Account } from './store.js';
 const USAGE = `Usage: node dist/servers/as/cli.js <command> [options]
 
 Commands:
-  serve --config FILE                      Run the Account Server.
+  serve --config FILE [--check]            Run the Account Server (--check: validate the config
+                                           and exit; relative paths are relative to the config).
   account add --store F --email E [--password-file F]
                                            Add an account; the password comes from the file, or
                                            else from stdin (never from a terminal, which would echo
@@ -26,7 +30,8 @@ Commands:
   account list --store F [--json]          Show the accounts (never the password hashes).
 
 Options:
-  -h, --help                               This help.
+  -h, --help                               This help (also after any command).
+  --version                                The package's version.
   --verbose                                (serve) Log every login outcome as JSON lines on stderr.
 
 Config of serve (JSON):
@@ -46,88 +51,54 @@ Config of serve (JSON):
 Exit status: 0 done, 1 failed, 2 usage error.
 `;
 
-class UsageError extends Error {}
-
 interface AsConfig {
   listen: { host: string; port: number };
   cert: string;
   key: string;
   store: string;
-  keyLifetimeSeconds?: number;
-  limits?: Partial<LoginLimits>;
+  keyLifetimeSeconds: number;
+  limits: Partial<LoginLimits>;
   keyDistribution: KeyDistributorOptions;
 }
 
-type Json = Record<string, unknown>;
+const LIMITS = ['accountFailures', 'accountWindowSeconds', 'sourceRequests', 'sourceWindowSeconds', 'maxTracked'] as const;
 
-function isObject(v: unknown): v is Json {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
-}
-
-/** Checks a config document; errors name the field, e.g. `listen.port: 70000: want 0..65535`. */
-function parseAsConfig(text: string, file: string): AsConfig {
-  let doc: unknown;
-  try {
-    doc = JSON.parse(text);
-  } catch (err) {
-    throw new UsageError(`${file}: not valid JSON: ${(err as Error).message}`);
-  }
-  const bad = (field: string, value: unknown, want: string) =>
-    new UsageError(`${file}: ${field}: ${JSON.stringify(value) ?? 'missing'}: want ${want}`);
-  const onlyKnown = (obj: Json, prefix: string, known: string[]) => {
-    const unknown = Object.keys(obj).find((k) => !known.includes(k));
-    if (unknown !== undefined) throw new UsageError(`${file}: ${prefix}${unknown}: unknown field`);
+/** Checks a config document; errors name the field, e.g. `listen.port: 70000 is not an integer in 0..65535`. */
+function parseAsConfig(text: string, base: string): AsConfig {
+  const doc = parseJsonObject(text);
+  const path = (p: string): string => resolve(base, p);
+  known(doc, ['listen', 'cert', 'key', 'store', 'keyLifetimeSeconds', 'limits', 'keyDistribution'], '');
+  const listen = obj(doc.listen, 'listen');
+  known(listen, ['host', 'port'], 'listen.');
+  const listenAt = { host: str(listen, 'host', 'listen.', '::'), port: int(listen, 'port', 'listen.', 8443, 0, 65535) };
+  const limitsIn = obj(doc.limits ?? {}, 'limits');
+  known(limitsIn, LIMITS, 'limits.');
+  const limits: Partial<LoginLimits> = {};
+  for (const k of LIMITS) if (limitsIn[k] !== undefined) limits[k] = int(limitsIn, k, 'limits.', 1, 1, Number.MAX_SAFE_INTEGER);
+  const kd = obj(doc.keyDistribution, 'keyDistribution');
+  known(kd, ['ca', 'cert', 'key', 'resolver', 'dc'], 'keyDistribution.');
+  const keyDistribution: KeyDistributorOptions = {
+    caFile: path(str(kd, 'ca', 'keyDistribution.')),
+    certFile: path(str(kd, 'cert', 'keyDistribution.')),
+    keyFile: path(str(kd, 'key', 'keyDistribution.')),
   };
-  const str = (obj: Json, field: string, prefix: string): string => {
-    const v = obj[field];
-    if (typeof v !== 'string' || v === '') throw bad(prefix + field, v, 'a non-empty string');
-    return v;
-  };
-  if (!isObject(doc)) throw new UsageError(`${file}: want a JSON object`);
-  onlyKnown(doc, '', ['listen', 'cert', 'key', 'store', 'keyLifetimeSeconds', 'limits', 'keyDistribution']);
-
-  const listen = doc.listen;
-  if (!isObject(listen)) throw bad('listen', listen, '{ "host", "port" }');
-  onlyKnown(listen, 'listen.', ['host', 'port']);
-  const host = listen.host === undefined ? '::' : str(listen, 'host', 'listen.');
-  if (!Number.isInteger(listen.port) || (listen.port as number) < 0 || (listen.port as number) > 65535) throw bad('listen.port', listen.port, '0..65535');
-
-  const config: AsConfig = {
-    listen: { host, port: listen.port as number },
-    cert: str(doc, 'cert', ''),
-    key: str(doc, 'key', ''),
-    store: str(doc, 'store', ''),
-    keyDistribution: { caFile: '', certFile: '', keyFile: '' },
-  };
-  if (doc.keyLifetimeSeconds !== undefined) {
-    if (!Number.isInteger(doc.keyLifetimeSeconds) || (doc.keyLifetimeSeconds as number) < 60) throw bad('keyLifetimeSeconds', doc.keyLifetimeSeconds, 'an integer of at least 60');
-    config.keyLifetimeSeconds = doc.keyLifetimeSeconds as number;
-  }
-  if (doc.limits !== undefined) {
-    const limits = doc.limits;
-    if (!isObject(limits)) throw bad('limits', limits, 'an object');
-    onlyKnown(limits, 'limits.', ['accountFailures', 'accountWindowSeconds', 'sourceRequests', 'sourceWindowSeconds', 'maxTracked']);
-    for (const [k, v] of Object.entries(limits)) if (!Number.isInteger(v) || (v as number) < 1) throw bad(`limits.${k}`, v, 'a positive integer');
-    config.limits = limits as Partial<LoginLimits>;
-  }
-  const kd = doc.keyDistribution;
-  if (!isObject(kd)) throw bad('keyDistribution', kd, '{ "ca", "cert", "key" } (mutual TLS to the DCs)');
-  onlyKnown(kd, 'keyDistribution.', ['ca', 'cert', 'key', 'resolver', 'dc']);
-  config.keyDistribution = {
-    caFile: str(kd, 'ca', 'keyDistribution.'),
-    certFile: str(kd, 'cert', 'keyDistribution.'),
-    keyFile: str(kd, 'key', 'keyDistribution.'),
-  };
-  if (kd.resolver !== undefined) config.keyDistribution.resolver = str(kd, 'resolver', 'keyDistribution.');
+  if (kd.resolver !== undefined) keyDistribution.resolver = str(kd, 'resolver', 'keyDistribution.');
   if (kd.dc !== undefined) {
-    const dc = kd.dc;
-    if (!isObject(dc)) throw bad('keyDistribution.dc', dc, '{ "<domain>": "host:port" }');
+    const dc = obj(kd.dc, 'keyDistribution.dc');
     for (const [domain, target] of Object.entries(dc)) {
-      if (typeof target !== 'string' || !/^(\[[0-9a-fA-F:.]+\]|[^:\s]+):\d{1,5}$/.test(target)) throw bad(`keyDistribution.dc.${domain}`, target, '"host:port" or "[v6]:port"');
+      if (typeof target !== 'string' || !/^(\[[0-9a-fA-F:.]+\]|[^:\s]+):\d{1,5}$/.test(target)) throw new ConfigError(`keyDistribution.dc.${domain}: ${JSON.stringify(target)}: want "host:port" or "[v6]:port"`);
     }
-    config.keyDistribution.dcOverride = dc as Record<string, string>;
+    keyDistribution.dcOverride = dc as Record<string, string>;
   }
-  return config;
+  return {
+    listen: listenAt,
+    cert: path(str(doc, 'cert', '')),
+    key: path(str(doc, 'key', '')),
+    store: path(str(doc, 'store', '')),
+    keyLifetimeSeconds: int(doc, 'keyLifetimeSeconds', '', 86400, 60, 86400 * 365),
+    limits,
+    keyDistribution,
+  };
 }
 
 function readFile(path: string, what: string): Buffer {
@@ -141,12 +112,13 @@ function readFile(path: string, what: string): Buffer {
 async function serve(argv: string[]): Promise<void> {
   const { values } = parseArgs({
     args: argv,
-    options: { config: { type: 'string' }, verbose: { type: 'boolean', default: false }, help: { type: 'boolean', short: 'h', default: false } },
+    options: { config: { type: 'string' }, verbose: { type: 'boolean', default: false }, check: { type: 'boolean', default: false }, help: { type: 'boolean', short: 'h', default: false } },
     strict: true,
   });
   if (values.help) return void process.stdout.write(USAGE);
   if (!values.config) throw new UsageError('serve: --config FILE is required');
-  const config = parseAsConfig(readFile(values.config, 'config').toString('utf8'), values.config);
+  const config = loadConfigFile(values.config, parseAsConfig);
+  if (values.check) return void process.stdout.write(`${values.config}: valid\n`);
   const store = AccountStore.open(config.store);
   const { makeKeyDistributor } = await import('./key-distribution.js');
   const server = new AsServer({
@@ -189,6 +161,7 @@ function describe(a: Account): string {
 
 async function account(argv: string[]): Promise<void> {
   const [sub, ...rest] = argv;
+  if (sub === '-h' || sub === '--help') return void process.stdout.write(USAGE);
   const { values } = parseArgs({
     args: rest,
     options: {
@@ -263,6 +236,7 @@ async function main(argv: string[]): Promise<void> {
     if (command === undefined) process.exitCode = 2;
     return;
   }
+  if (command === '--version') return void process.stdout.write(`ntmobile-as (${packageVersion()})\n`);
   if (command === 'serve') return serve(rest);
   if (command === 'account') return account(rest);
   throw new UsageError(`unknown command "${command}" (serve, account; see --help)`);

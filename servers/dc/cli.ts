@@ -5,12 +5,13 @@ import { runServerCli } from '../serve.js';
 import { parseDcConfig } from './config.js';
 import { DirectionCoordinator } from './dc.js';
 
-const USAGE = `Usage: ntmobile-dc serve --config FILE [--status FILE] [--verbose]
+const USAGE = `Usage: ntmobile-dc serve --config FILE [--status FILE] [--verbose] [--check]
+       ntmobile-dc --help | --version
 
 Runs a Direction Coordinator: registration of its zone's nodes, the zone's authoritative DNS,
 route direction, Key Distribution from the AS (mutual TLS).
 
-Config (JSON):
+Config (JSON; relative paths are relative to the config file):
   zone            the DNS zone this DC serves, e.g. "fleet1.test"                (required)
   nsName          its host name, answered as the zone's NS, e.g. "dc.fleet1.test" (required)
   publicAddress   the address nodes, DCs and the AS reach it at (NS glue)        (required)
@@ -40,13 +41,16 @@ Config (JSON):
 Options:
   --status FILE   write counters and registrations as JSON to FILE every second
   --verbose       print the protocol sequence to stderr
+  --check         validate the config and exit (0 valid, 2 invalid); nothing is started
+  -h, --help      this help
+Exit status: 0 stopped by a signal, 2 bad command line or config, 1 anything else.
 Signals: SIGINT/SIGTERM stop; SIGUSR1 prints the status.
 `;
 
 runServerCli({
   program: 'ntmobile-dc',
   usage: USAGE,
-  parse: (text) => parseDcConfig(text),
+  parse: parseDcConfig,
   create: (config) => new DirectionCoordinator(config),
   ready: (config, dc) => `${config.zone} udp ${dc.port} tls ${dc.tlsPort}`,
 });

@@ -1,16 +1,18 @@
 // The DC's JSON configuration (`ntmobile-dc serve --config FILE`, documented in docs/servers.md):
-// every field checked, with an error that names it; unknown fields are refused so that a typo
-// does not silently fall back to a default.
+// every field checked, with an error that names it; unknown fields are refused at every depth so
+// that a typo does not silently fall back to a default; relative paths are taken from the config
+// file's folder (`base`).
 
 import { isIP } from 'node:net';
+import { resolve } from 'node:path';
 import { isDnsName } from '../../protocol/control.js';
 import { NS_PORT, NS_TLS_PORT, RS_PORT, RS_TLS_PORT } from '../../protocol/discovery.js';
-import { bool, ConfigError, int, known as unknownKeys, obj, parseJsonObject, str } from '../config-json.js';
+import { bool, ConfigError, int, known as unknownKeys, obj, parseJsonObject, str } from '../../protocol/config.js';
 import { DC_DEFAULTS, type DcConfig } from './dc.js';
 import { type NsConfig } from './ns.js';
 import { type RelayConfig } from './relays.js';
 
-export { ConfigError } from '../config-json.js';
+export { ConfigError } from '../../protocol/config.js';
 
 /** `relays`: the Relay Servers this DC may direct routes through (docs/relay.md). */
 export function parseRelays(v: unknown): RelayConfig[] {
@@ -59,7 +61,8 @@ export function parseGeneral(v: unknown): { allowPrivate: boolean } {
   return { allowPrivate: bool(o, 'allowPrivate', 'general.', false) };
 }
 
-export function parseDcConfig(text: string): DcConfig {
+/** Parses the config; `base` is the directory relative file names are taken from. */
+export function parseDcConfig(text: string, base = '.'): DcConfig {
   const d = parseJsonObject(text);
   unknownKeys(d, ['zone', 'nsName', 'publicAddress', 'listen', 'tls', 'dns', 'pool', 'state', 'keepaliveSeconds', 'expireAfterKeepalives', 'routeLifetimeSeconds', 'resolvers', 'dc', 'relays', 'ns', 'general'], '');
   const zone = str(d, 'zone', '');
@@ -68,10 +71,15 @@ export function parseDcConfig(text: string): DcConfig {
   if (!isDnsName(nsName)) throw new ConfigError(`nsName: "${nsName}" is not a lower-case DNS name`);
   const publicAddress = str(d, 'publicAddress', '');
   if (!isIP(publicAddress)) throw new ConfigError(`publicAddress: "${publicAddress}" is not an IP address`);
+  const path = (p: string): string => resolve(base, p);
   const listen = obj(d.listen ?? {}, 'listen');
+  unknownKeys(listen, ['address', 'port'], 'listen.');
   const tls = obj(d.tls, 'tls');
+  unknownKeys(tls, ['port', 'ca', 'cert', 'key'], 'tls.');
   const pool = obj(d.pool ?? {}, 'pool');
+  unknownKeys(pool, ['ipv4', 'ipv6'], 'pool.');
   const dns = d.dns === null ? null : obj(d.dns ?? {}, 'dns');
+  if (dns !== null) unknownKeys(dns, ['address', 'port'], 'dns.');
   const resolvers = d.resolvers ?? [];
   if (!Array.isArray(resolvers) || resolvers.some((r) => typeof r !== 'string')) throw new ConfigError('resolvers: want a list of addresses');
   const dc = obj(d.dc ?? {}, 'dc');
@@ -82,10 +90,10 @@ export function parseDcConfig(text: string): DcConfig {
     nsName,
     publicAddress,
     listen: { address: str(listen, 'address', 'listen.', '::'), port: int(listen, 'port', 'listen.', 4500, 0, 65535) },
-    tls: { port: int(tls, 'port', 'tls.', 4501, 0, 65535), caFile: str(tls, 'ca', 'tls.'), certFile: str(tls, 'cert', 'tls.'), keyFile: str(tls, 'key', 'tls.') },
+    tls: { port: int(tls, 'port', 'tls.', 4501, 0, 65535), caFile: path(str(tls, 'ca', 'tls.')), certFile: path(str(tls, 'cert', 'tls.')), keyFile: path(str(tls, 'key', 'tls.')) },
     dns: dns === null ? null : { address: str(dns, 'address', 'dns.', publicAddress), port: int(dns, 'port', 'dns.', 53, 0, 65535) },
     pool: { ipv4: str(pool, 'ipv4', 'pool.', '10.77.0.0/16'), ipv6: str(pool, 'ipv6', 'pool.', 'fd4e:544d:1::/64') },
-    statePath: str(d, 'state', ''),
+    statePath: path(str(d, 'state', '')),
     keepaliveSeconds,
     expireAfterKeepalives: int(d, 'expireAfterKeepalives', '', DC_DEFAULTS.expireAfterKeepalives, 1, 100),
     routeLifetimeSeconds: int(d, 'routeLifetimeSeconds', '', DC_DEFAULTS.routeLifetimeSeconds, 10, 86400 * 7),

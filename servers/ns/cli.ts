@@ -5,7 +5,8 @@ import { runServerCli } from '../serve.js';
 import { parseNsConfig } from './config.js';
 import { NotificationServer } from './ns.js';
 
-const USAGE = `Usage: ntmobile-ns serve --config FILE [--status FILE] [--verbose]
+const USAGE = `Usage: ntmobile-ns serve --config FILE [--status FILE] [--verbose] [--check]
+       ntmobile-ns --help | --version
 
 Runs a Notification Server: wakes nodes behind NATs over one MQTT session each (instead of a UDP
 keepalive every 20 s), when their DC has a tunnel for them. DCs make first contact over mutual
@@ -31,6 +32,9 @@ Config (JSON; relative paths are relative to the config file):
 Options:
   --status FILE   write counters, keys and DC contacts as JSON to FILE every second
   --verbose       print the protocol sequence to stderr
+  --check         validate the config and exit (0 valid, 2 invalid); nothing is started
+  -h, --help      this help
+Exit status: 0 stopped by a signal, 2 bad command line or config, 1 anything else.
 Signals: SIGINT/SIGTERM stop; SIGUSR1 prints the status.
 `;
 

@@ -9,7 +9,7 @@ import { isDnsName } from '../../protocol/control.js';
 import { MQTT_TLS_PORT, NS_PORT, NS_TLS_PORT } from '../../protocol/discovery.js';
 import { type BrokerConfig, type NsConfig } from './ns.js';
 
-import { ConfigError, int, known, obj, parseJsonObject, str, UsageError } from '../config-json.js';
+import { ConfigError, int, known, obj, parseJsonObject, str, UsageError } from '../../protocol/config.js';
 
 export { UsageError };
 

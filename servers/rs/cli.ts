@@ -5,7 +5,8 @@ import { runServerCli } from '../serve.js';
 import { parseRsConfig } from './config.js';
 import { RelayServer } from './rs.js';
 
-const USAGE = `Usage: ntmobile-rs serve --config FILE [--status FILE] [--verbose]
+const USAGE = `Usage: ntmobile-rs serve --config FILE [--status FILE] [--verbose] [--check]
+       ntmobile-rs --help | --version
 
 Runs a Relay Server: carries tunnels between nodes that cannot reach each other directly (both
 behind NATs, IPv4 ↔ IPv6), and, with "gateway", tunnels to general hosts that run no NTMobile.
@@ -27,6 +28,9 @@ Config (JSON; relative paths are relative to the config file):
 Options:
   --status FILE   write counters, routes, DC keys and gateway tunnels as JSON to FILE every second
   --verbose       print the protocol sequence to stderr
+  --check         validate the config and exit (0 valid, 2 invalid); nothing is started
+  -h, --help      this help
+Exit status: 0 stopped by a signal, 2 bad command line or config, 1 anything else.
 Signals: SIGINT/SIGTERM stop (and remove what was set up); SIGUSR1 prints the status.
 `;
 

@@ -5,10 +5,10 @@ import { isIP } from 'node:net';
 import { resolve } from 'node:path';
 import { isDnsName } from '../../protocol/control.js';
 import { checkTable } from '../../netlink/nftables.js';
-import { bool, ConfigError, int, known, obj, parseJsonObject, str } from '../config-json.js';
+import { bool, ConfigError, int, known, obj, parseJsonObject, str } from '../../protocol/config.js';
 import { RS_DEFAULTS, type RsConfig } from './rs.js';
 
-export { ConfigError, UsageError } from '../config-json.js';
+export { ConfigError, UsageError } from '../../protocol/config.js';
 
 /** Parses the config; `base` is the directory relative file names are taken from. */
 export function parseRsConfig(text: string, base = '.'): RsConfig {
