@@ -9,18 +9,24 @@
 //             router's DNS, so every tunnel is set up by the real protocol (Direction Request,
 //             Route Direction, Tunnel Request)
 //   load      the same N tunnels and iperf3 from a1 to b2 (behind router B) through one of them
-// The node flags are the router's: the NODE_FLAGS="…" line of the procd init script, so that the
-// benchmark measures what the router runs.
+// The daemon is the router's: the OpenWrt package's app tree, staged here as openwrt/build-ipk.ts
+// stages it (the bundle, with the addon built for this host), and the node flags are the NODE_FLAGS="…"
+// line of the procd init script, so that the benchmark measures what the router runs.
+// `--from dist` runs dist/router/cli.js (the modules tsc wrote) instead.
 //
-//   node dist/bench/memory.js [--peers 100] [--seconds 15] [--node-flags="…"]
+//   node dist/bench/memory.js [--peers 100] [--seconds 15] [--node-flags="…"] [--from package|dist]
 
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { buildFleet, LAN, NAMES, type Fleet } from '../lab/fleet.js';
 import { Lab } from '../lab/lab.js';
 import { startSwarm } from '../lab/swarm.js';
 import { iperf3, rssKb, sleep } from './measure.js';
+import { stageApp } from '../openwrt/build-ipk.js';
+import { ADDON_PATH } from '../netlink/native.js';
 
 /** The procd init script whose NODE_FLAGS line the router daemon runs with. */
 export const INIT_SCRIPT = fileURLToPath(new URL('../../openwrt/net/ntmobile/files/ntmobile.init', import.meta.url));
@@ -28,17 +34,20 @@ export const INIT_SCRIPT = fileURLToPath(new URL('../../openwrt/net/ntmobile/fil
 /** Seconds a state is left to settle (timers, GC) before its peak is read. */
 const SETTLE_MS = 3000;
 
-const USAGE = `Usage: node dist/bench/memory.js [--peers N] [--seconds S] [--node-flags="FLAGS"]
+const USAGE = `Usage: node dist/bench/memory.js [--peers N] [--seconds S] [--node-flags="FLAGS"] [--from package|dist]
 
 Peak RSS (VmHWM) of the router daemon in one run, in network namespaces it creates and removes:
 a bare node with the same flags (baseline), the daemon logged in and registered (idle), with N
 tunnels to N distinct peers (tunnels), and with iperf3 through one of them for S seconds (load).
 The node flags come from the NODE_FLAGS="…" line of openwrt/net/ntmobile/files/ntmobile.init,
-the router's procd init script, so that the benchmark measures what the router runs.
+the router's procd init script, and the daemon is the one the OpenWrt package installs (the
+bundle openwrt/build-ipk.ts stages, with this host's addon), so that the benchmark measures what
+the router runs.
 
   --peers N           tunnels (default 100: router B and a swarm of N - 1 nodes)
   --seconds S         iperf3 under load (default 15)
   --node-flags="F"    run with these flags instead (experiments; the JSON says which were used)
+  --from package|dist the package's bundle (default), or dist/router/cli.js as tsc wrote it
 
 Takes about 2 minutes with the defaults (fleet 30 s, swarm logins 15 s, tunnels 10 s, load S s).
 Progress on stderr, the table and one JSON line on stdout.
@@ -49,6 +58,7 @@ const { values } = parseArgs({
     peers: { type: 'string', default: '100' },
     seconds: { type: 'string', default: '15' },
     'node-flags': { type: 'string' },
+    from: { type: 'string', default: 'package' },
     help: { type: 'boolean', short: 'h', default: false },
   },
   strict: true,
@@ -65,6 +75,11 @@ if (!Number.isInteger(peers) || peers < 1 || peers > 1000) {
 }
 if (!Number.isInteger(seconds) || seconds < 2 || seconds > 600) {
   process.stderr.write(`bench:memory: --seconds ${values.seconds}: want 2..600\n`);
+  process.exit(2);
+}
+const from = values.from;
+if (from !== 'package' && from !== 'dist') {
+  process.stderr.write(`bench:memory: --from ${from}: want package or dist\n`);
   process.exit(2);
 }
 
@@ -104,6 +119,18 @@ interface State {
 const { flags, source } = routerNodeFlags();
 say(`node flags: ${flags.join(' ') || '(none)'} (from ${source})`);
 
+/** The package's app tree, staged as the .ipk's (with the host's addon): its entry point. */
+const REPO = fileURLToPath(new URL('../../', import.meta.url));
+const stageDir = from === 'package' ? mkdtempSync(path.join(os.tmpdir(), 'ntm-bench-memory-')) : null;
+let cli: string | undefined;
+if (stageDir !== null) {
+  const stage = await stageApp(REPO, stageDir, ADDON_PATH);
+  cli = path.join(stageDir, stage.bundle[0]!);
+  say(`daemon: the package's bundle (${stage.bundle.join(', ')}) staged in ${stageDir}`);
+} else {
+  say('daemon: dist/router/cli.js');
+}
+
 /** Builds the fleet (kept in `built`, whose files go after the lab), then measures each state. */
 async function measure(lab: Lab): Promise<void> {
   say('building the fleet (AS, two DCs, RS, routers A and B with their LANs; no NAT)');
@@ -111,6 +138,7 @@ async function measure(lab: Lab): Promise<void> {
     case: 'no-nat',
     verbose: false,
     raNodeFlags: flags,
+    ...(cli !== undefined ? { raCli: cli } : {}),
     // The swarm's nodes all log in from one address.
     asLimits: { sourceRequests: 10 * peers },
   });
@@ -156,12 +184,12 @@ async function measure(lab: Lab): Promise<void> {
   read('load', `${peers} tunnels, iperf3 ${result.mbps.toFixed(0)} Mbit/s`, daemon);
 
   const base = states[0]!.hwmKb;
-  process.stdout.write(`\nRouter daemon peak RSS (VmHWM), node ${process.version}, flags: ${flags.join(' ') || '(none)'}\n`);
+  process.stdout.write(`\nRouter daemon (${from === 'package' ? "the package's bundle" : 'dist/'}) peak RSS (VmHWM), node ${process.version}, flags: ${flags.join(' ') || '(none)'}\n`);
   process.stdout.write(`${'state'.padEnd(10)}${'what'.padEnd(34)}${'peak kB'.padStart(9)}${'over baseline kB'.padStart(18)}${'now kB'.padStart(9)}\n`);
   for (const s of states) {
     process.stdout.write(`${s.key.padEnd(10)}${s.what.padEnd(34)}${String(s.hwmKb).padStart(9)}${(s.key === 'baseline' ? '' : String(s.hwmKb - base)).padStart(18)}${String(s.rssKb).padStart(9)}\n`);
   }
-  const json: Record<string, unknown> = { peers, seconds, node_flags: flags.join(' '), node_flags_source: source, node: process.version };
+  const json: Record<string, unknown> = { from, peers, seconds, node_flags: flags.join(' '), node_flags_source: source, node: process.version };
   for (const s of states) json[`${s.key}_rss_kb`] = s.hwmKb;
   for (const s of states.slice(1)) json[`${s.key}_over_baseline_kb`] = s.hwmKb - base;
   // What the daemon holds when the state is read (VmRSS), beside its peak.
@@ -176,4 +204,5 @@ try {
   await Lab.withLab(measure, { label: 'bench-memory' });
 } finally {
   built?.dispose();
+  if (stageDir !== null) rmSync(stageDir, { recursive: true, force: true });
 }

@@ -12,7 +12,8 @@ import { type PeerSetup } from './peers.js';
 
 export const NTM_INNER = { a: '10.204.0.1', b: '10.204.0.2', prefix: 24 };
 
-export function ntmobile(suite: EspSuite, extraArgs: string[] = []): PeerSetup {
+/** `cli`: the daemon's entry point (default dist/router/cli.js; the OpenWrt package's bundle, say). */
+export function ntmobile(suite: EspSuite, extraArgs: string[] = [], cli = CLI_PATH): PeerSetup {
   return async (ns) => {
     const dir = join(ns.workDir, `ntmobile-${suite}`);
     mkdirSync(dir, { recursive: true });
@@ -29,7 +30,7 @@ export function ntmobile(suite: EspSuite, extraArgs: string[] = []): PeerSetup {
       const config = join(dir, `${side}.json`);
       writeFileSync(config, JSON.stringify(pair[side]), { mode: 0o600 });
       const log = openSync(join(dir, `${side}.log`), 'a');
-      const child = spawn('ip', ['netns', 'exec', ns[side], process.execPath, ...extraArgs, CLI_PATH, 'tunnel', '--config', config], {
+      const child = spawn('ip', ['netns', 'exec', ns[side], process.execPath, ...extraArgs, cli, 'tunnel', '--config', config], {
         stdio: ['ignore', 'pipe', log],
         env,
         cwd: dir,

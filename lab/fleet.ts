@@ -214,6 +214,8 @@ export interface FleetOptions {
   // ---- memory (bench/memory.ts) ----
   /** Node flags router A's daemon runs with (the router's NODE_FLAGS), also after a restart. */
   raNodeFlags?: string[];
+  /** Router A's daemon from this file instead of dist/router/cli.js (the OpenWrt package's bundle). */
+  raCli?: string;
   /** The AS's login limits (servers/as): a swarm of nodes logging in from one address needs more than 20 a minute. */
   asLimits?: Partial<LoginLimits>;
   // ---- uplink preference (test/uplink-preference-e2e.test.ts) ----
@@ -459,9 +461,10 @@ export async function buildFleet(lab: Lab, o: FleetOptions): Promise<Fleet> {
       { mode: 0o600 },
     );
     const nodeFlags = tag === 'ra' ? (o.raNodeFlags ?? []) : [];
-    const program = await startProgram(lab, host, ROUTER_CLI, ['router', '--config', configPath, ...(o.verbose !== false ? ['--verbose'] : [])], { tag: 'ntmobile', timeoutMs: 30_000, nodeFlags });
+    const cli = tag === 'ra' ? (o.raCli ?? ROUTER_CLI) : ROUTER_CLI;
+    const program = await startProgram(lab, host, cli, ['router', '--config', configPath, ...(o.verbose !== false ? ['--verbose'] : [])], { tag: 'ntmobile', timeoutMs: 30_000, nodeFlags });
     const router: FleetRouter = { host, name, program, configPath, socket, api: (cmd, args = {}) => apiCall(socket, cmd, args) };
-    routerStarts.set(router, () => startProgram(lab, host, ROUTER_CLI, ['router', '--config', configPath, ...(o.verbose !== false ? ['--verbose'] : [])], { tag: 'ntmobile', timeoutMs: 30_000, nodeFlags }));
+    routerStarts.set(router, () => startProgram(lab, host, cli, ['router', '--config', configPath, ...(o.verbose !== false ? ['--verbose'] : [])], { tag: 'ntmobile', timeoutMs: 30_000, nodeFlags }));
     return router;
   };
   say('routers: login at the AS, registration at their DCs');

@@ -38,7 +38,11 @@ export interface NtmAddon {
 /** Opaque uv_poll handle returned by pollStart. */
 export type PollHandle = { readonly __pollHandle: unique symbol };
 
-/** Path of the built addon, relative to this file once compiled (dist/netlink/native.js). */
+/**
+ * Path of the built addon, relative to this file once compiled (dist/netlink/native.js); in the
+ * OpenWrt package this code is in the bundle dist/router/cli.js, at the same depth, so the same
+ * path leads to the packaged addon (openwrt/build-ipk.ts).
+ */
 export const ADDON_PATH = fileURLToPath(new URL('../../native/build/Release/ntm.node', import.meta.url));
 
 let addon: NtmAddon | undefined;

@@ -1,21 +1,27 @@
 // The OpenWrt package as `npm run build:ipk` makes it (openwrt/build-ipk.ts from
 // openwrt/net/ntmobile/Makefile): both variants are built here, their structure read back with
-// tar, the musl addon checked for glibc, the host addon loaded through the installed native.js,
-// and the host variant installed and removed with the real opkg of the shared OpenWrt userland,
-// in an instance of its own inside a network namespace of its own.
+// tar, the bundle's inputs checked (no server code, no broker), the musl addon checked for glibc,
+// the host addon loaded by the installed bundle, and the host variant installed and removed with
+// the real opkg of the shared OpenWrt userland, in an instance of its own inside a network
+// namespace of its own.
 import t from 'tap';
-import { execFileSync, spawnSync } from 'node:child_process';
-import { appendFileSync, existsSync, lstatSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { once } from 'node:events';
+import { appendFileSync, existsSync, lstatSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { checkMusl, controlDepends, libcOf, parseMakefile, readPackageInfo, MAKEFILE, PACKAGE_DIR } from '../openwrt/build-ipk.js';
+import { checkMusl, controlDepends, libcOf, parseMakefile, readPackageInfo, stageApp, MAKEFILE, PACKAGE_DIR } from '../openwrt/build-ipk.js';
+import { ADDON_PATH } from '../netlink/native.js';
 import { addBaseFilesScripts, OWRT_DIR, userlandDir } from '../lab/openwrt.js';
+import { staticPair } from '../lab/static-node.js';
 
 const REPO = fileURLToPath(new URL('../../', import.meta.url));
 const BUILDER = path.join(REPO, 'dist/openwrt/build-ipk.js');
 const APP = 'usr/lib/ntmobile';
 const ADDON = `${APP}/native/build/Release/ntm.node`;
+/** The daemon's entry point: the bundle, where dist/router/cli.js sits in the repository. */
+const ENTRY = `${APP}/dist/router/cli.js`;
 const info = readPackageInfo();
 const ipkName = `${info.name}_${info.version}_x86_64.ipk`;
 const tmp = mkdtempSync(path.join(os.tmpdir(), 'ntm-ipk-'));
@@ -115,8 +121,7 @@ t.test('data: the files of Package/ntmobile/install, and nothing of the build', 
     const data = path.join(b.dir, 'data');
     const files = filesOf(data);
     for (const f of ['etc/init.d/ntmobile', 'etc/config/ntmobile', 'etc/uci-defaults/90-ntmobile', 'etc/hotplug.d/iface/90-ntmobile',
-      'usr/libexec/ntmobile/integration', 'usr/sbin/ntmobile', `${APP}/dist/router/cli.js`, `${APP}/package.json`, ADDON,
-      `${APP}/node_modules/mqtt/package.json`]) {
+      'usr/libexec/ntmobile/integration', 'usr/sbin/ntmobile', ENTRY, `${APP}/package.json`, ADDON]) {
       t.ok(files.includes(f), `has /${f}`);
     }
     // every ./files/X → $(1)/Y of the Makefile, read here independently of the builder
@@ -129,15 +134,29 @@ t.test('data: the files of Package/ntmobile/install, and nothing of the build', 
     }
     t.strictSame(files.filter((f) => /\.[mc]?ts$/.test(f)), [], 'no TypeScript (.ts, .d.ts)');
     t.strictSame(files.filter((f) => f.endsWith('.map')), [], 'no source maps');
-    t.strictSame(files.filter((f) => /^usr\/lib\/ntmobile\/(dist\/)?(test|servers|lab|bench|openwrt)\//.test(f)), [], 'no tests, servers, lab, bench or builder');
-    t.strictSame(files.filter((f) => /\/node_modules\/(aedes|typescript|tap|@tapjs|node-gyp|@types)\//.test(f)), [], 'no broker, compiler, test runner or types');
-    t.strictSame(files.filter((f) => f.startsWith(`${APP}/`) && !/^usr\/lib\/ntmobile\/(dist|node_modules|native)\//.test(f)), [`${APP}/package.json`], 'the app: dist, node_modules, native, package.json');
-    const pkg = JSON.parse(readFileSync(path.join(data, APP, 'package.json'), 'utf8')) as { type: string; dependencies: Record<string, string> };
+    const app = files.filter((f) => f.startsWith(`${APP}/`));
+    t.strictSame(app.filter((f) => f !== `${APP}/package.json` && f !== ADDON && !/^usr\/lib\/ntmobile\/dist\/router\/[\w-]+\.js$/.test(f)), [],
+      'the app: the bundle (dist/router/*.js), the addon, package.json; no node_modules');
+    t.ok(app.filter((f) => f.endsWith('.js')).length <= 4, 'the bundle: its entry and a few chunks loaded on demand');
+    const pkg = JSON.parse(readFileSync(path.join(data, APP, 'package.json'), 'utf8')) as { type: string; dependencies?: Record<string, string> };
     t.equal(pkg.type, 'module', 'package.json: ESM');
-    const repoDependencies = Object.keys((JSON.parse(readFileSync(path.join(REPO, 'package.json'), 'utf8')) as { dependencies: Record<string, string> }).dependencies);
-    t.ok('mqtt' in pkg.dependencies, 'package.json: mqtt (router/notify.ts imports it)');
-    t.strictSame(Object.keys(pkg.dependencies).filter((d) => !repoDependencies.includes(d) || d === 'aedes'), [], 'package.json: runtime dependencies of the repo only, without the NS broker');
+    t.equal(pkg.dependencies, undefined, 'package.json: no runtime packages (all in the bundle)');
   }
+});
+
+t.test('the bundle holds the daemon and its packages, no server code, no broker', async (t) => {
+  const dir = path.join(tmp, 'stage');
+  const stage = await stageApp(REPO, dir, ADDON_PATH);
+  t.equal(stage.bundle[0], 'dist/router/cli.js', 'the entry first');
+  t.ok(stage.distFiles.includes('dist/router/daemon.js') && stage.distFiles.includes('dist/tunnel/engine.js'), 'the daemon and the data path');
+  t.strictSame(stage.distFiles.filter((f) => !/^dist\/(router|protocol|tunnel|netlink|ubus)\//.test(f)), [], 'no tests, servers, lab, bench or builder');
+  for (const p of ['node_modules/dns-packet', 'node_modules/mqtt']) t.ok(stage.packages.includes(p), `${p} bundled`);
+  t.strictSame(stage.packages.filter((p) => /^node_modules\/(aedes|typescript|tap|@tapjs|node-gyp|esbuild|@types)(\/|$)/.test(p)), [], 'no broker, compiler, test runner or types');
+  // mqtt is imported on demand (MQTT mode only): it must stay out of the entry file
+  const entry = readFileSync(path.join(dir, stage.bundle[0]!), 'utf8');
+  t.notMatch(entry, /mqtt-packet/, 'mqtt is not in the entry file');
+  t.ok(stage.bundle.slice(1).some((f) => readFileSync(path.join(dir, f), 'utf8').includes('mqtt-packet')), 'mqtt is in a chunk of its own');
+  t.notMatch(entry, /[^\x00-\x7f]/, 'ASCII only (V8 keeps any other source as UTF-16)');
 });
 
 t.test('musl addon: libc.so only, no glibc symbol versions', async (t) => {
@@ -148,25 +167,35 @@ t.test('musl addon: libc.so only, no glibc symbol versions', async (t) => {
   t.throws(() => checkMusl(path.join(host.dir, 'data', ADDON)), /not a musl-only object: NEEDED \[libc\.so\.6\] \(want \[libc\.so\]\), glibc symbol versions \[GLIBC_/, 'the check fails the build on a glibc object, saying why');
 });
 
-t.test('host addon: the installed native.js finds and loads it', async (t) => {
-  const native = (await import(pathToFileURL(path.join(host.dir, 'data', APP, 'dist/netlink/native.js')).href)) as {
-    ADDON_PATH: string; loadNative(): Record<string, unknown>;
-  };
-  t.equal(native.ADDON_PATH, path.join(host.dir, 'data', ADDON), 'dist/netlink/native.js points at the packaged addon');
-  t.type(native.loadNative().tunOpen, 'function', 'exports tunOpen');
+t.test('host addon: the installed bundle finds and loads it', async (t) => {
+  // a static tunnel in a network namespace of its own: its TUN device and UDP socket come from the addon
+  const config = path.join(tmp, 'static.json');
+  writeFileSync(config, JSON.stringify(staticPair({ suite: 'aes-gcm', aVips: ['10.250.0.1/24'], bVips: ['10.250.0.2/24'], bEndpoint: '127.0.0.1:4501' }).a));
+  const child = spawn('unshare', ['--net', process.execPath, path.join(host.dir, 'data', ENTRY), 'tunnel', '--config', config], { cwd: tmp, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr.on('data', (d: Buffer) => (out += d.toString()));
+  const exited = once(child, 'exit');
+  const ready = await new Promise<boolean>((resolve) => {
+    child.stdout.on('data', () => out.includes('ready ') && resolve(true));
+    void exited.then(() => resolve(false));
+  });
+  t.ok(ready, 'ntmobile tunnel from the package: TUN device and UDP socket open', { output: out });
+  child.kill('SIGTERM');
+  await exited;
+  t.notMatch(out, /native addon not built/, 'the addon is where the bundle looks for it');
 });
 
 t.test('the packaged daemon runs from its own files', async (t) => {
   const app = path.join(host.dir, 'data', APP);
-  const help = spawnSync(process.execPath, [path.join(app, 'dist/router/cli.js'), '--help'], { cwd: tmp, encoding: 'utf8' });
+  const help = spawnSync(process.execPath, [path.join(host.dir, 'data', ENTRY), '--help'], { cwd: tmp, encoding: 'utf8' });
   t.equal(help.status, 0, 'ntmobile --help: every static import is in the package', { output: help.stderr });
   t.match(help.stdout, /^Usage: ntmobile/);
-  // packages the daemon loads later (mqtt only in MQTT mode) are loaded here, from the package alone
-  const deps = Object.keys((JSON.parse(readFileSync(path.join(app, 'package.json'), 'utf8')) as { dependencies: Record<string, string> }).dependencies);
-  const load = spawnSync(process.execPath, ['--input-type=module', '-e',
-    "import { createRequire } from 'node:module'; const r = createRequire(process.argv[1]); for (const d of process.argv.slice(2)) await import(r.resolve(d));",
-    path.join(app, 'package.json'), ...deps], { cwd: tmp, encoding: 'utf8' });
-  t.equal(load.status, 0, `${deps.join(', ')} load from /usr/lib/ntmobile/node_modules`, { output: load.stderr });
+  // the chunks the daemon imports later (mqtt only in MQTT mode) are loaded here, from the package alone
+  const chunks = readdirSync(path.join(app, 'dist/router')).filter((f) => f !== 'cli.js').map((f) => pathToFileURL(path.join(app, 'dist/router', f)).href);
+  t.ok(chunks.length > 0, 'chunks loaded on demand');
+  const load = spawnSync(process.execPath, ['--input-type=module', '-e', 'for (const c of process.argv.slice(1)) await import(c);', ...chunks], { cwd: tmp, encoding: 'utf8' });
+  t.equal(load.status, 0, 'every chunk loads (mqtt and the packages it needs are in the bundle)', { output: load.stderr });
 });
 
 t.test('opkg install and remove in the OpenWrt userland (host variant)', async (t) => {
