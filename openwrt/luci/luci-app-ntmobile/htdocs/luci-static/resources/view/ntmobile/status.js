@@ -141,7 +141,8 @@ function chart(samples, handovers, peers) {
 		labelled = hx;
 		// the label on the side of the line with room for it
 		const left = hx > (L + W - R) / 2;
-		parts.push(svg('text', { x: left ? hx - 4 : hx + 4, y: T + 14, 'text-anchor': left ? 'end' : 'start', 'font-size': 11, fill: '#e67e22' }, [ _('handover %d ms').format(h.ms) ]));
+		parts.push(svg('text', { x: left ? hx - 4 : hx + 4, y: T + 14, 'text-anchor': left ? 'end' : 'start', 'font-size': 11, fill: '#e67e22',
+			stroke: '#fff', 'stroke-width': 3, 'paint-order': 'stroke' }, [ _('handover %d ms').format(h.ms) ]));
 	});
 	nodes.forEach(function(n, i) {
 		const pts = samples.filter(function(s) { return n in s.rates; }).map(function(s) { return x(s.t).toFixed(1) + ',' + y(s.rates[n]).toFixed(1); });
@@ -158,11 +159,10 @@ function chart(samples, handovers, peers) {
 }
 
 return view.extend({
-	/** Samples for the chart: {t, rates: {node: bytes/s}}, and the totals they came from. */
-	samples: [],
-	lastTotals: null,
-
 	load: function() {
+		/** Samples for the chart: {t, rates: {node: bytes/s}}, and the totals they came from. */
+		this.samples = [];
+		this.lastTotals = null;
 		return Promise.all([ this.fetch(), L.resolveDefault(uci.load('ntmobile'), null) ]);
 	},
 
