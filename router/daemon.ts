@@ -60,6 +60,8 @@ export class DaemonCounters {
   routeDirections = 0;
   ignoredMessages = 0;
   handovers = 0;
+  /** The carrier came back with the address we were registered from: no handover needed. */
+  uplinkBlips = 0;
   natRebindings = 0;
   wakes = 0;
 }
@@ -462,6 +464,17 @@ export class RouterDaemon {
     }
     if (this.handingOver !== null) {
       this.pendingHandover = mergeMoves(this.pendingHandover, move);
+      return;
+    }
+    // The carrier dropped and came back with the address we are registered from (a blip, or the
+    // first step of a move whose new address is still to come): the DC and the peers still know
+    // us there. Moving the tunnels to it would only race the real move (a path update answered
+    // to an address that is about to go); a keepalive confirms the NAT mapping instead.
+    if (!move.rebinding && move.from === null && move.to !== null && move.to === this.observedFrom) {
+      this.counters.uplinkBlips++;
+      this.logger.info(`uplink back on ${move.to}: nothing moved`);
+      if (this.keepaliveTimer) clearTimeout(this.keepaliveTimer);
+      void this.keepalive();
       return;
     }
     // This handover moves every tunnel: a retry waiting for its turn is not needed any more.
