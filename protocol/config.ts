@@ -5,7 +5,7 @@
 // are taken from the config file's folder, never from the working directory.
 // It knows no program: router/ and servers/ build their parsers out of it.
 
-import { readFileSync } from 'node:fs';
+import { accessSync, constants, readFileSync, statSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 
 /** A malformed command line or config: the commands exit with status 2. */
@@ -145,11 +145,36 @@ function syntaxErrorOffset(text: string): number {
   }
 }
 
+/** A file a config names: its field, its (absolute) path, and whether it is a secret (a private key, a password). */
+export interface FileField {
+  field: string;
+  path: string;
+  secret?: boolean;
+}
+
 /**
- * Reads and parses a config file with `parse(text, folder)`; every ConfigError comes back with
- * the file's name in front (`router.json: lan.interface: unknown field …`).
+ * The files a config names are readable, and no secret is readable by group or others: checked
+ * before anything starts, so that the error names the field instead of a raw errno later.
  */
-export function loadConfigFile<C>(path: string, parse: (text: string, baseDir: string) => C): C {
+export function checkFiles(files: readonly FileField[]): void {
+  for (const { field, path, secret } of files) {
+    let mode: number;
+    try {
+      accessSync(path, constants.R_OK);
+      mode = statSync(path).mode;
+    } catch (e) {
+      throw new ConfigError(`${field}: cannot read ${path} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+    }
+    if (secret && (mode & 0o077) !== 0) throw new ConfigError(`${field}: ${path} has mode 0${(mode & 0o777).toString(8)}: group or others may read a secret; run \`chmod 600 ${path}\``);
+  }
+}
+
+/**
+ * Reads and parses a config file with `parse(text, folder)` and checks the files it names
+ * (`files`); every ConfigError comes back with the file's name in front
+ * (`router.json: lan.interface: unknown field …`).
+ */
+export function loadConfigFile<C>(path: string, parse: (text: string, baseDir: string) => C, files?: (config: C) => readonly FileField[]): C {
   let text: string;
   try {
     text = readFileSync(path, 'utf8');
@@ -157,7 +182,9 @@ export function loadConfigFile<C>(path: string, parse: (text: string, baseDir: s
     throw new ConfigError(`${path}: cannot read the config: ${(e as Error).message}`);
   }
   try {
-    return parse(text, dirname(resolve(path)));
+    const config = parse(text, dirname(resolve(path)));
+    if (files) checkFiles(files(config));
+    return config;
   } catch (e) {
     if (e instanceof ConfigError) throw new ConfigError(`${path}: ${e.message}`);
     throw e;

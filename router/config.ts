@@ -218,9 +218,9 @@ function isIfName(n: string): boolean {
   return n.length > 0 && Buffer.byteLength(n) <= 15 && n !== '.' && n !== '..' && !/[/:\s]/.test(n);
 }
 
-/** The config file; relative paths in it are taken from its folder, every error starts with its name. */
+/** The config file; relative paths in it are taken from its folder, the files it names must be readable, every error starts with its name. */
 export function loadRouterConfig(path: string): RouterConfig {
-  return loadConfigFile(path, parseRouterConfig);
+  return loadConfigFile(path, parseRouterConfig, (c) => [{ field: 'as.ca', path: c.as.caFile }, ...(c.notify ? [{ field: 'notify.ca', path: c.notify.caFile }] : [])]);
 }
 
 /** Settings a reload applies in place (router/daemon.ts reload); a change of any other restarts. */

@@ -4,7 +4,7 @@
 // up), SIGUSR1 prints the status; exit 2 for bad usage or config, 1 for anything else.
 
 import { parseArgs } from 'node:util';
-import { loadConfigFile, UsageError } from '../protocol/config.js';
+import { type FileField, loadConfigFile, UsageError } from '../protocol/config.js';
 import { packageVersion } from '../protocol/version.js';
 import { writeStateFile } from './state-file.js';
 
@@ -21,6 +21,8 @@ export interface ServeSpec<C, S extends Servable> {
   /** Parses the config text (paths relative to `baseDir`); throws a UsageError (or ConfigError). */
   parse: (text: string, baseDir: string) => C;
   create: (config: C & { verbose: boolean }) => S;
+  /** The files the config names, checked before anything starts (readable, secrets 0600). */
+  files: (config: C) => readonly FileField[];
   /** What follows "ready " once the server listens. */
   ready: (config: C, server: S) => string;
 }
@@ -59,7 +61,7 @@ async function serve<C, S extends Servable>(spec: ServeSpec<C, S>): Promise<void
     return;
   }
   if (!values.config) throw new UsageError('serve: --config FILE is required');
-  const config = loadConfigFile(values.config, spec.parse);
+  const config = loadConfigFile(values.config, spec.parse, spec.files);
   if (values.check) {
     process.stdout.write(`${values.config}: valid\n`);
     return;

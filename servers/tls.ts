@@ -5,6 +5,7 @@
 import { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import * as tls from 'node:tls';
+import { type FileField } from '../protocol/config.js';
 import { decodeTlsMessage, encodeTlsMessage, type Body, type ControlMessage, type MessageName } from '../protocol/control.js';
 import { newMessageId } from '../protocol/channel.js';
 import { exportServerKey } from '../protocol/keys.js';
@@ -14,6 +15,15 @@ export interface TlsFiles {
   caFile: string;
   certFile: string;
   keyFile: string;
+}
+
+/** The `tls` section's files for the start-up check (protocol/config.ts checkFiles): the key is a secret. */
+export function tlsFileFields(f: TlsFiles, prefix = 'tls.'): FileField[] {
+  return [
+    { field: `${prefix}ca`, path: f.caFile },
+    { field: `${prefix}cert`, path: f.certFile },
+    { field: `${prefix}key`, path: f.keyFile, secret: true },
+  ];
 }
 
 export function tlsContextOptions(f: TlsFiles): { ca: Buffer; cert: Buffer; key: Buffer; minVersion: 'TLSv1.3' } {
@@ -188,8 +198,11 @@ export async function listenFirstContact<R extends keyof typeof FIRST_CONTACT>(
   return server;
 }
 
-/** A server's own certificate must name it and carry its role (`rs`, `ns`): DCs refuse it otherwise. */
-export function checkOwnCertificate(certFile: string, name: string, role: keyof typeof FIRST_CONTACT): void {
+/**
+ * A server's own certificate must name it and carry its role (`dc`: its zone; `rs`, `ns`: its
+ * name): the AS and the DCs refuse it otherwise, long after the server said `ready`.
+ */
+export function checkOwnCertificate(certFile: string, name: string, role: 'dc' | keyof typeof FIRST_CONTACT): void {
   let cert: X509Certificate;
   try {
     cert = new X509Certificate(readFileSync(certFile));
@@ -199,5 +212,5 @@ export function checkOwnCertificate(certFile: string, name: string, role: keyof 
   if (cert.checkHost(name, { wildcards: false }) === undefined) throw new Error(`tls.cert ${certFile}: does not name ${name} (subjectAltName ${cert.subjectAltName ?? 'none'})`);
   // The role as the DCs will read it from the TLS session (servers/identity.ts).
   const found = peerIdentity(cert.toLegacyObject()).role;
-  if (found !== role) throw new Error(`tls.cert ${certFile}: role (OU) ${found ?? 'none or several'}, want ${role} (DCs refuse it otherwise)`);
+  if (found !== role) throw new Error(`tls.cert ${certFile}: role (OU) ${found ?? 'none or several'}, want ${role} (${role === 'dc' ? 'the AS and other DCs' : 'DCs'} refuse it otherwise; issue one with OU ${role})`);
 }

@@ -10,6 +10,7 @@ import { ConfigError, int, known, loadConfigFile, obj, parseJsonObject, str, Usa
 import { packageVersion } from '../../protocol/version.js';
 import type { KeyDistributorOptions } from './key-distribution.js';
 import { AsServer, type LoginLimits } from './server.js';
+import { tlsFileFields } from '../tls.js';
 import { AccountStore, StoreError, type Account } from './store.js';
 
 const USAGE = `Usage: node dist/servers/as/cli.js <command> [options]
@@ -117,7 +118,11 @@ async function serve(argv: string[]): Promise<void> {
   });
   if (values.help) return void process.stdout.write(USAGE);
   if (!values.config) throw new UsageError('serve: --config FILE is required');
-  const config = loadConfigFile(values.config, parseAsConfig);
+  const config = loadConfigFile(values.config, parseAsConfig, (c) => [
+    { field: 'cert', path: c.cert },
+    { field: 'key', path: c.key, secret: true },
+    ...tlsFileFields(c.keyDistribution, 'keyDistribution.'),
+  ]);
   if (values.check) return void process.stdout.write(`${values.config}: valid\n`);
   const store = AccountStore.open(config.store);
   const { makeKeyDistributor } = await import('./key-distribution.js');

@@ -2,6 +2,7 @@
 // `ntmobile-dc serve --config FILE`: one Direction Coordinator. `status` prints what it holds.
 
 import { runServerCli } from '../serve.js';
+import { tlsFileFields } from '../tls.js';
 import { parseDcConfig } from './config.js';
 import { DirectionCoordinator } from './dc.js';
 
@@ -51,6 +52,7 @@ runServerCli({
   program: 'ntmobile-dc',
   usage: USAGE,
   parse: parseDcConfig,
+  files: (config) => tlsFileFields(config.tls),
   create: (config) => new DirectionCoordinator(config),
   ready: (config, dc) => `${config.zone} udp ${dc.port} tls ${dc.tlsPort}`,
 });

@@ -19,7 +19,7 @@ import { classifyDatagram, DatagramKind } from '../../protocol/demux.js';
 import { SOCKADDR_SIZE } from '../../tunnel/io.js';
 import { parsePrefix, prefixContains, reservedRange, sameAddress } from '../../protocol/ip.js';
 import { peerIdentity } from '../identity.js';
-import { onMessages, tlsContextOptions, writeMessage, type TlsFiles } from '../tls.js';
+import { checkOwnCertificate, onMessages, tlsContextOptions, writeMessage, type TlsFiles } from '../tls.js';
 import { DnsServer } from './dns-server.js';
 import { NoDcError, PeerDcs } from './peers.js';
 import { NsLink, type NsConfig, type NsKey } from './ns.js';
@@ -160,6 +160,8 @@ export class DirectionCoordinator {
 
   async start(): Promise<void> {
     const c = this.config;
+    // The AS hands keys only to a DC whose certificate names its zone with role dc.
+    checkOwnCertificate(c.tls.certFile, c.zone, 'dc');
     this.socket = UdpSocket.open({ bindAddress: c.listen.address, port: c.listen.port, gso: false });
     this.socket.start((batch) => {
       for (let i = 0; i < batch.count; i++) {

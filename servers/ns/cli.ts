@@ -2,6 +2,7 @@
 // `ntmobile-ns serve --config FILE`: one Notification Server (docs/ns.md).
 
 import { runServerCli } from '../serve.js';
+import { tlsFileFields } from '../tls.js';
 import { parseNsConfig } from './config.js';
 import { NotificationServer } from './ns.js';
 
@@ -42,6 +43,7 @@ runServerCli({
   program: 'ntmobile-ns',
   usage: USAGE,
   parse: parseNsConfig,
+  files: (config) => [...tlsFileFields(config.tls), ...(config.broker.type === 'external' && config.broker.caFile !== null ? [{ field: 'broker.ca', path: config.broker.caFile }] : [])],
   create: (config) => new NotificationServer(config),
   ready: (config, ns) => `${config.name} udp ${ns.port} tls ${ns.tlsPort} mqtt ${ns.brokerPort ?? config.broker.publicUrl}`,
 });

@@ -2,6 +2,7 @@
 // `ntmobile-rs serve --config FILE`: one Relay Server (docs/relay.md).
 
 import { runServerCli } from '../serve.js';
+import { tlsFileFields } from '../tls.js';
 import { parseRsConfig } from './config.js';
 import { RelayServer } from './rs.js';
 
@@ -38,6 +39,7 @@ runServerCli({
   program: 'ntmobile-rs',
   usage: USAGE,
   parse: parseRsConfig,
+  files: (config) => tlsFileFields(config.tls),
   create: (config) => new RelayServer(config),
   ready: (config, rs) => `${config.name} udp ${rs.port} tls ${rs.tlsPort}${config.gateway ? ` gateway ${config.gateway.tun}` : ''}`,
 });
