@@ -208,7 +208,9 @@ async function router(argv: string[]): Promise<void> {
   process.on('SIGUSR1', () => process.stderr.write(`${JSON.stringify(daemon.status())}\n`));
   await ubus?.start();
   await daemon.start();
-  process.stdout.write(`ready ${config.name} port ${config.listen.port}\n`);
+  // start() returns unregistered only when it gave up on its own (the AS refused the password).
+  const started = daemon.status() as { state: string; error: string | null };
+  process.stdout.write(started.state === 'ready' ? `ready ${config.name} port ${config.listen.port}\n` : `${started.state}: ${started.error}\n`);
 }
 
 async function client(command: 'status' | 'peers' | 'ping', argv: string[]): Promise<void> {

@@ -106,10 +106,16 @@ function mergeMoves(queued: Move | null, next: Move): Move {
   return { ...next, from: queued.from, rebinding: queued.rebinding && next.rebinding };
 }
 
+/** The AS refused the credentials (401): the daemon stops trying until its config changes. */
+class LoginRefusedError extends Error {
+  override name = 'LoginRefusedError';
+}
+
 export class RouterDaemon {
   readonly counters = new DaemonCounters();
   readonly table = new TunnelTable();
-  private state: 'starting' | 'login' | 'registering' | 'ready' | 'stopping' = 'starting';
+  /** login-refused: the AS answered 401; no more attempts until the config changes (reload or restart). */
+  private state: 'starting' | 'login' | 'login-refused' | 'registering' | 'ready' | 'stopping' = 'starting';
   private lastError: string | null = null;
   private clockOffset = 0;
   private session: LoginResult | null = null;
@@ -281,6 +287,15 @@ export class RouterDaemon {
         return;
       } catch (e) {
         this.lastError = (e as Error).message;
+        if (e instanceof LoginRefusedError) {
+          // Retrying the same password would only count towards the AS's lockout of the account
+          // (and a service manager restarting us would do the same): stay up, say why, wait.
+          this.state = 'login-refused';
+          this.logger.error(`login: ${this.lastError}`);
+          return;
+        }
+        // The AS's rate limit says when it will listen again; asking earlier only fails again.
+        if (e instanceof LoginError && e.retryAfterSeconds !== null) wait = Math.max(wait, e.retryAfterSeconds * 1000);
         // A DC that lost our key drops everything under it silently: after two failed rounds,
         // log in again so that the AS hands the DC a fresh Kntmdc.
         if (++failures % 2 === 0) this.session = null;
@@ -299,7 +314,10 @@ export class RouterDaemon {
         this.session = await login({ url: c.as.url, caFile: c.as.caFile, email: c.account.email, password: c.account.password });
       } catch (e) {
         this.counters.loginFailures++;
-        throw new Error(`${(e as Error).message}${e instanceof LoginError && e.status === 401 ? ' (check account.email and the password)' : ''}`);
+        if (e instanceof LoginError && e.status === 401) {
+          throw new LoginRefusedError(`${e.message}: the AS refused ${c.account.email} with this password; not retrying (every failure counts towards the AS locking the account): fix account.email or the password and restart or reload the daemon`);
+        }
+        throw e;
       }
       this.counters.logins++;
       this.clockOffset = this.session.clockOffsetMs;
