@@ -239,6 +239,29 @@ t.test('login: rate limits per account and per source', async (t) => {
   t.equal((await login(creds(url))).fqdn, 'node1.example.test', 'source unlocked after the window');
 });
 
+t.test('account unlock lifts the lockout of a running AS at once', async (t) => {
+  const store = await newStore();
+  const { url } = await startAs(t, store, { limits: { accountFailures: 2, accountWindowSeconds: 900 } });
+  for (let i = 0; i < 2; i++) await login(creds(url, 'node1@example.test', 'wrong password')).catch(() => undefined);
+  t.equal(((await login(creds(url)).catch((e: LoginError) => e)) as LoginError).status, 429, 'locked for 15 minutes');
+  const unlocked = AccountStore.open(store.path).unlock('node1@example.test');
+  t.ok(unlocked.unlockedAt, 'the store records the unlock');
+  t.equal((await login(creds(url))).fqdn, 'node1.example.test', 'the right password works at once');
+  t.throws(() => AccountStore.open(store.path).unlock('nobody@example.test'), /no such account/);
+});
+
+t.test('account bind keeps to the account\'s zone; account unbind', async (t) => {
+  const store = await newStore();
+  t.throws(() => store.bindNames('node1@example.test', ['cam.other.test']), /name cam\.other\.test: outside the account's zone example\.test \(its name node1\.example\.test\)/, 'another zone is refused');
+  t.throws(() => store.bindNames('node1@example.test', ['a.b.example.test']), /outside the account's zone/, 'a deeper name not under the node is refused');
+  t.same(store.bindNames('node1@example.test', ['cam.node1.example.test', 'printer.example.test']).names, ['node1.example.test', 'www.node1.example.test', 'cam.node1.example.test', 'printer.example.test'], 'under the node and in its zone are fine');
+  t.throws(() => store.unbindNames('node1@example.test', ['node1.example.test']), /node1\.example\.test is its own name .* unbind the others/, 'its own name goes last');
+  t.throws(() => store.unbindNames('node1@example.test', ['nope.example.test']), /name nope\.example\.test is not bound to it/);
+  t.same(store.unbindNames('node1@example.test', ['printer.example.test', 'www.node1.example.test']).names, ['node1.example.test', 'cam.node1.example.test']);
+  t.same(store.unbindNames('node1@example.test', ['cam.node1.example.test', 'node1.example.test']).names, [], 'all of them, its own name with the last');
+  t.same(store.bindNames('node1@example.test', ['node9.other.test']).names, ['node9.other.test'], 'an account without names may start in any zone');
+});
+
 t.test('login: malformed requests get 4xx with the reason', async (t) => {
   const store = await newStore();
   const { server, url, records } = await startAs(t, store);

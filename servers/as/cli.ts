@@ -24,7 +24,13 @@ Commands:
                                            it). Creates the store (mode 0600) if it does not exist.
   account bind --store F --email E --name FQDN [--name FQDN ...]
                                            Bind names to an account; the first name it ever gets is
-                                           its FQDN, which names its DC. A name has one owner.
+                                           its FQDN, which names its DC; the others must be in its
+                                           zone or under it. A name has one owner.
+  account unbind --store F --email E --name FQDN [--name FQDN ...]
+                                           Remove names from an account (its own name, the first,
+                                           only when it is the last).
+  account unlock --store F --email E       Lift the lockout after failed logins (5 in 15 min by
+                                           default): a running AS forgets them at once.
   account key --store F --email E --public-key B64
                                            Set the node's X25519 public key (32 bytes, base64url).
   account revoke --store F --email E       Refuse all further logins of the account.
@@ -184,6 +190,8 @@ async function account(argv: string[]): Promise<void> {
   const allowed: Record<string, string[]> = {
     add: ['store', 'email', 'password-file'],
     bind: ['store', 'email', 'name'],
+    unbind: ['store', 'email', 'name'],
+    unlock: ['store', 'email'],
     key: ['store', 'email', 'public-key'],
     revoke: ['store', 'email'],
     list: ['store', 'json'],
@@ -210,6 +218,18 @@ async function account(argv: string[]): Promise<void> {
       if (!values.name || values.name.length === 0) throw new UsageError('account bind: --name FQDN is required');
       const a = AccountStore.open(storePath).bindNames(email, values.name);
       process.stdout.write(`${a.email}: ${a.names.join(', ')}\n`);
+      return;
+    }
+    case 'unbind': {
+      const email = need(values.email, 'email');
+      if (!values.name || values.name.length === 0) throw new UsageError('account unbind: --name FQDN is required');
+      const a = AccountStore.open(storePath).unbindNames(email, values.name);
+      process.stdout.write(`${a.email}: ${a.names.join(', ') || 'no names'}\n`);
+      return;
+    }
+    case 'unlock': {
+      const a = AccountStore.open(storePath).unlock(need(values.email, 'email'));
+      process.stdout.write(`unlocked ${a.email}\n`);
       return;
     }
     case 'key': {

@@ -121,6 +121,14 @@ class SlidingWindow {
     this.events.delete(key);
   }
 
+  /** Forgets `key`'s events before `t`. */
+  forgetBefore(key: string, t: number): void {
+    const times = this.events.get(key);
+    if (times === undefined) return;
+    while (times.length > 0 && times[0]! < t) times.shift();
+    if (times.length === 0) this.events.delete(key);
+  }
+
   private current(key: string, now: number): number[] {
     for (const [k, t] of this.events) {
       if (t[t.length - 1]! + this.windowMs > now) break;
@@ -304,6 +312,9 @@ export class AsServer {
     const { email, password } = parseLoginBody(await readBody(req));
     const accountKey = email.trim().toLowerCase();
 
+    // `account unlock` (the store is re-read when the file changed) lifts the lockout at once.
+    const unlockedAt = this.options.store.get(accountKey)?.unlockedAt;
+    if (unlockedAt !== undefined) this.perAccount.forgetBefore(accountKey, Date.parse(unlockedAt));
     const accountWait = this.perAccount.retryAfterMs(accountKey, this.now());
     if (accountWait > 0) {
       this.log({ event: 'login-rate-limited', email: accountKey, source: req.socket.remoteAddress, by: 'account' });

@@ -21,6 +21,11 @@ export interface Account {
   revoked: boolean;
   /** ISO 8601 */
   createdAt: string;
+  /**
+   * ISO 8601: when the operator last lifted the AS's lockout of the account (`account unlock`);
+   * failed logins before it no longer count. Absent if never.
+   */
+  unlockedAt?: string;
 }
 
 export interface StoreOptions {
@@ -131,7 +136,7 @@ export function normalizePublicKey(b64: string): string {
 function validateAccount(raw: unknown, where: string): Account {
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new StoreError(`${where}: want an object`);
   const a = raw as Record<string, unknown>;
-  const known = ['email', 'passwordHash', 'names', 'publicKey', 'revoked', 'createdAt'];
+  const known = ['email', 'passwordHash', 'names', 'publicKey', 'revoked', 'createdAt', 'unlockedAt'];
   const unknown = Object.keys(a).find((k) => !known.includes(k));
   if (unknown !== undefined) throw new StoreError(`${where}.${unknown}: unknown field`);
   const field = <T>(name: string, ok: (v: unknown) => v is T, want: string): T => {
@@ -163,7 +168,13 @@ function validateAccount(raw: unknown, where: string): Account {
   });
   if (publicKey !== null) normalized('publicKey', publicKey, normalizePublicKey);
   if (Number.isNaN(Date.parse(createdAt))) throw new StoreError(`${where}.createdAt: "${createdAt}" is not a time`);
-  return { email, passwordHash, names: names as string[], publicKey, revoked, createdAt };
+  const account: Account = { email, passwordHash, names: names as string[], publicKey, revoked, createdAt };
+  if (a.unlockedAt !== undefined) {
+    const unlockedAt = field('unlockedAt', isString, 'an ISO 8601 time');
+    if (Number.isNaN(Date.parse(unlockedAt))) throw new StoreError(`${where}.unlockedAt: "${unlockedAt}" is not a time`);
+    account.unlockedAt = unlockedAt;
+  }
+  return account;
 }
 
 function copy(a: Account): Account {
@@ -332,7 +343,14 @@ export class AccountStore {
     const a = this.mustGet(email);
     if (names.length === 0) throw new StoreError(`account ${a.email}: no names to bind`);
     const normalized = names.map(normalizeName);
+    // The DC of the account's zone registers its names: a name elsewhere would make the AS hand
+    // the key to another zone's DC, which refuses it, and every login would fail with a 502.
+    const fqdn = a.names[0] ?? normalized[0]!;
+    const zone = fqdn.slice(fqdn.indexOf('.') + 1);
     for (const n of normalized) {
+      if (n !== fqdn && !n.endsWith(`.${fqdn}`) && n.slice(n.indexOf('.') + 1) !== zone) {
+        throw new StoreError(`name ${n}: outside the account's zone ${zone} (its name ${fqdn}); bind a name in ${zone} or under ${fqdn}`);
+      }
       const owner = [...this.accounts.values()].find((o) => o !== a && o.names.includes(n));
       if (owner) throw new StoreError(`name ${n}: already bound to ${owner.email}`);
     }
@@ -345,6 +363,32 @@ export class AccountStore {
     this.refresh();
     const a = this.mustGet(email);
     a.publicKey = normalizePublicKey(b64);
+    this.save();
+    return copy(a);
+  }
+
+  /** Removes names from the account; its first name (its FQDN) only once it is the last. */
+  unbindNames(email: string, names: string[]): Account {
+    this.refresh();
+    const a = this.mustGet(email);
+    const normalized = names.map(normalizeName);
+    for (const n of normalized) {
+      if (!a.names.includes(n)) throw new StoreError(`account ${a.email}: name ${n} is not bound to it (it has ${a.names.join(', ') || 'none'})`);
+    }
+    const left = a.names.filter((n) => !normalized.includes(n));
+    if (left.length > 0 && !left.includes(a.names[0]!)) {
+      throw new StoreError(`account ${a.email}: ${a.names[0]} is its own name (the FQDN it logs in as); unbind the others (${left.join(', ')}) first`);
+    }
+    a.names = left;
+    this.save();
+    return copy(a);
+  }
+
+  /** Lifts the AS's lockout after failed logins: a running AS forgets the failures before now. */
+  unlock(email: string): Account {
+    this.refresh();
+    const a = this.mustGet(email);
+    a.unlockedAt = new Date().toISOString();
     this.save();
     return copy(a);
   }
