@@ -236,9 +236,10 @@ async function client(command: 'status' | 'peers' | 'ping', argv: string[]): Pro
 
 function formatResult(command: string, r: unknown): string {
   if (command === 'status') {
-    const s = r as { state: string; error: string | null; name: string; dc: string | null; registered: { name: string; vip4: string; vip6: string; observed: { address: string; port: number } | null }[] };
+    const s = r as { state: string; error: string | null; name: string; dc: string | null; registered: { name: string; vip4: string; vip6: string; observed: { address: string; port: number } | null }[]; refused?: { name: string; reason: string; retries: number; retryAt: number }[] };
     const lines = [`${s.name}: ${s.state}${s.error ? ` (${s.error})` : ''}`, `DC: ${s.dc ?? '-'}`];
     for (const g of s.registered) lines.push(`  ${g.name}  ${g.vip4}  ${g.vip6}  seen by the DC as ${g.observed ? formatEndpoint(g.observed) : '-'}`);
+    for (const f of s.refused ?? []) lines.push(`  ${f.name}  REFUSED: ${f.reason} (retried ${f.retries} times, next in ${Math.max(0, Math.round((f.retryAt - Date.now()) / 1000))} s)`);
     return `${lines.join('\n')}\n`;
   }
   if (command === 'peers') {

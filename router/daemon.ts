@@ -106,6 +106,25 @@ function mergeMoves(queued: Move | null, next: Move): Move {
   return { ...next, from: queued.from, rebinding: queued.rebinding && next.rebinding };
 }
 
+/** The DC answered a Registration Request with a refusal (not a timeout). */
+class RegistrationRefusedError extends Error {
+  override name = 'RegistrationRefusedError';
+}
+
+/** A published name the DC refused: reported in the status and retried with backoff. */
+interface RefusedName {
+  name: string;
+  reason: string;
+  /** ms since the epoch: first refused */
+  since: number;
+  retries: number;
+  /** ms since the epoch: the next attempt */
+  retryAt: number;
+}
+
+/** First retry of a refused published name, doubling up to the last. */
+const REFUSED_RETRY_MS = [5_000, 600_000] as const;
+
 /** The AS refused the credentials (401): the daemon stops trying until its config changes. */
 class LoginRefusedError extends Error {
   override name = 'LoginRefusedError';
@@ -122,6 +141,8 @@ export class RouterDaemon {
   private dc: Buffer | null = null;
   private dcAddress: string | null = null;
   private readonly registered = new Map<string, Registered>();
+  private readonly refused = new Map<string, RefusedName>();
+  private refusedTimer: NodeJS.Timeout | null = null;
   private engine: Engine | null = null;
   private socket: UdpSocket | null = null;
   private device: TunDevice | null = null;
@@ -337,9 +358,11 @@ export class RouterDaemon {
   }
 
   private async registerAll(): Promise<void> {
-    const names = [this.config.name, ...this.config.publish.map((p) => p.name)];
     const local = await this.localEndpoint();
-    for (const name of names) await this.registerName(name, local);
+    // Our own name carries the registration; a published host's refused name must not hold the
+    // rest of the LAN back (SERVFAIL for every name): it is reported and retried on its own.
+    await this.registerName(this.config.name, local);
+    for (const p of this.config.publish) await this.registerPublished(p.name, local);
     const own = this.registered.get(this.config.name)!;
     for (const [v, len] of [
       [own.vip4, 32],
@@ -360,6 +383,43 @@ export class RouterDaemon {
     }
   }
 
+  /** A published host's name: registered, or noted as refused (status, error log) and retried later. */
+  private async registerPublished(name: string, local: WireEndpoint): Promise<void> {
+    try {
+      await this.registerName(name, local);
+      if (this.refused.delete(name)) this.logger.info(`registration of ${name}: accepted now`);
+    } catch (e) {
+      if (!(e instanceof RegistrationRefusedError)) throw e;
+      const before = this.refused.get(name);
+      const retries = before === undefined ? 0 : before.retries + 1;
+      const delay = Math.min(REFUSED_RETRY_MS[0] * 2 ** retries, REFUSED_RETRY_MS[1]);
+      this.refused.set(name, { name, reason: e.message, since: before?.since ?? Date.now(), retries, retryAt: Date.now() + delay });
+      this.logger.error(`${e.message}; the other names stay registered; retrying in ${delay / 1000} s`);
+      this.scheduleRefusedRetry();
+    }
+  }
+
+  private scheduleRefusedRetry(): void {
+    if (this.refusedTimer !== null || this.refused.size === 0 || this.stopped) return;
+    const next = Math.min(...[...this.refused.values()].map((r) => r.retryAt));
+    this.refusedTimer = setTimeout(() => {
+      this.refusedTimer = null;
+      void this.retryRefused().catch((e: Error) => this.log(`registration retry: ${e.message}`));
+    }, Math.max(0, next - Date.now()));
+    this.refusedTimer.unref();
+  }
+
+  private async retryRefused(): Promise<void> {
+    for (const name of this.refused.keys()) if (!this.config.publish.some((p) => p.name === name)) this.refused.delete(name);
+    // Not registered at all right now: connect() registers every name, this one included.
+    if (this.state !== 'ready' || this.stopped) return this.scheduleRefusedRetry();
+    const local = await this.localEndpoint();
+    const due = [...this.refused.values()].filter((r) => r.retryAt <= Date.now());
+    for (const r of due) await this.registerPublished(r.name, local);
+    if (due.some((r) => !this.refused.has(r.name))) await this.applyLan();
+    this.scheduleRefusedRetry();
+  }
+
   /** Registers one name (ours or a published host's) at the DC; throws when refused. */
   private async registerName(name: string, local: WireEndpoint): Promise<void> {
     const answer = await this.channel.request('registrationRequest', { name, local, publicKey: this.staticKey.publicKey }, this.dcKey(), this.dc!);
@@ -367,7 +427,7 @@ export class RouterDaemon {
     const r = answer.message.body;
     if (r.status !== Status.ok) {
       this.counters.registrationRefused++;
-      throw new Error(`registration of ${name} refused: ${statusName(r.status)}`);
+      throw new RegistrationRefusedError(`registration of ${name} refused: ${statusName(r.status)}`);
     }
     this.counters.registrations++;
     this.keepaliveSeconds = r.keepaliveSeconds || 20;
@@ -740,13 +800,14 @@ export class RouterDaemon {
       for (const p of gone) {
         this.channel.send('deregistration', { name: p.name }, this.dcKey(), this.dc);
         this.registered.delete(p.name);
+        this.refused.delete(p.name);
       }
       const added = next.publish.filter((p) => !this.registered.has(p.name));
       if (added.length > 0) {
         const local = await this.localEndpoint();
         for (const p of added) {
           try {
-            await this.registerName(p.name, local);
+            await this.registerPublished(p.name, local);
           } catch (e) {
             this.logger.error(`reload: ${(e as Error).message}`);
           }
@@ -782,6 +843,8 @@ export class RouterDaemon {
       dc: this.dcAddress === null ? null : formatEndpoint(this.dcAddress, this.config.dcPort),
       port: this.socket?.port ?? null,
       registered: [...this.registered.values()],
+      // Published names the DC refused (the others work), with the reason and the next attempt.
+      refused: [...this.refused.values()],
       notify: this.notify?.status() ?? null,
       uplink: { address: this.uplink.address, handovers: this.counters.handovers, lastHandover: this.lastHandover, recentHandovers: this.recentHandovers, observedByDc: this.observedByDc === null ? null : formatEndpoint(this.observedByDc), candidates: this.uplinkPolicy.status() },
       keyId: this.session?.keyId ?? null,
@@ -820,6 +883,7 @@ export class RouterDaemon {
     if (this.keepaliveTimer) clearTimeout(this.keepaliveTimer);
     if (this.natKeepaliveTimer) clearInterval(this.natKeepaliveTimer);
     if (this.moveRetry !== null) clearTimeout(this.moveRetry.timer);
+    if (this.refusedTimer !== null) clearTimeout(this.refusedTimer);
     this.uplink.stop();
     await this.notify?.stop();
     this.tunnels.stop();
