@@ -117,9 +117,11 @@ export interface MemoryKb {
   rssKb: number;
   /** Peak resident set size (VmHWM), KiB. */
   hwmKb: number;
+  /** The anonymous part of VmRSS (RssAnon: heaps, stacks), KiB; the rest is pages of files (the binary, libraries). */
+  anonKb: number;
 }
 
-/** VmRSS and VmHWM of a process, from /proc/<pid>/status. */
+/** VmRSS, VmHWM and RssAnon of a process, from /proc/<pid>/status. */
 export function rssKb(pid: number): MemoryKb {
   const status = readFileSync(`/proc/${pid}/status`, 'utf8');
   const field = (name: string): number => {
@@ -127,7 +129,7 @@ export function rssKb(pid: number): MemoryKb {
     if (!m) throw new Error(`rssKb: no ${name} in /proc/${pid}/status (kernel thread or zombie?)`);
     return Number(m[1]);
   };
-  return { rssKb: field('VmRSS'), hwmKb: field('VmHWM') };
+  return { rssKb: field('VmRSS'), hwmKb: field('VmHWM'), anonKb: field('RssAnon') };
 }
 
 export interface Iperf3Options {

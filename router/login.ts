@@ -2,9 +2,19 @@
 // TLS, trusting only the operator's CA, and check the answer field by field before anything uses
 // it. The AS's clock comes back too (serverTime): a router without an RTC boots in 1970 and would
 // otherwise think every key already expired.
+//
+// One request a day needs no HTTP client: the request is written and the answer read over
+// node:tls directly (HTTP/1.1, `connection: close`); node:https would load node's HTTP client and
+// parser for it (docs/benchmarks.md, "Memory on a router"). The certificate is checked as https
+// checks it: against the CA file only, for the URL's host.
 
 import { readFileSync } from 'node:fs';
-import { request } from 'node:https';
+import { createRequire } from 'node:module';
+import { isIP } from 'node:net';
+
+// Through require: an import of node:tls builds its module namespace, whose rootCertificates
+// getter parses node's bundled root certificates (0.8 MB of RSS), which the login never trusts.
+const { connect } = createRequire(import.meta.url)('node:tls') as typeof import('node:tls');
 
 export interface LoginOptions {
   /** The AS, e.g. https://as.example.net:8443 (the request goes to /v1/login on it). */
@@ -113,48 +123,115 @@ export function login(options: LoginOptions): Promise<LoginResult> {
   const body = JSON.stringify({ email: options.email, password: options.password });
 
   return new Promise((resolve, reject) => {
-    const req = request(endpoint, {
-      method: 'POST',
+    const host = endpoint.hostname.replace(/^\[(.*)\]$/, '$1');
+    const socket = connect({
+      host,
+      port: Number(endpoint.port || 443),
+      // SNI and the identity check name the URL's host; an address gets no SNI, as with https
+      ...(isIP(host) === 0 ? { servername: host } : {}),
       ca,
       rejectUnauthorized: true,
       minVersion: 'TLSv1.2',
-      agent: false,
-      headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), accept: 'application/json' },
     });
+    let settled = false;
     const fail = (err: Error) => {
+      if (settled) return;
+      settled = true;
       clearTimeout(timer);
       reject(err instanceof LoginError ? err : new LoginError(`${where}: ${err.message}`));
-      req.destroy();
+      socket.destroy();
     };
     const timer = setTimeout(() => fail(new LoginError(`${where}: no answer in ${timeoutMs} ms`)), timeoutMs);
-    req.on('error', fail);
-    req.on('response', (res) => {
-      const chunks: Buffer[] = [];
-      let size = 0;
-      res.on('data', (chunk: Buffer) => {
-        size += chunk.length;
-        if (size > MAX_RESPONSE_BYTES) fail(new LoginError(`${where}: answer over ${MAX_RESPONSE_BYTES} bytes`));
-        else chunks.push(chunk);
-      });
-      res.on('error', fail);
-      res.on('end', () => {
-        clearTimeout(timer);
-        const receivedAt = Date.now();
-        const text = Buffer.concat(chunks).toString('utf8');
-        const status = res.statusCode ?? 0;
-        if (status !== 200) {
-          const retry = Number(res.headers['retry-after']);
-          const retryAfter = status === 429 && Number.isFinite(retry) && retry >= 0 ? retry : null;
-          reject(new LoginError(`${where}: ${status} ${errorText(text)}`, status, retryAfter));
-          return;
-        }
-        try {
-          resolve(parseResult(text, where, receivedAt));
-        } catch (err) {
-          reject(err);
-        }
-      });
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const answered = (answer: HttpAnswer) => {
+      settled = true;
+      clearTimeout(timer);
+      socket.destroy();
+      const receivedAt = Date.now();
+      const text = answer.body.toString('utf8');
+      if (answer.status !== 200) {
+        const retry = Number(answer.headers.get('retry-after'));
+        const retryAfter = answer.status === 429 && Number.isFinite(retry) && retry >= 0 ? retry : null;
+        reject(new LoginError(`${where}: ${answer.status} ${errorText(text)}`, answer.status, retryAfter));
+        return;
+      }
+      try {
+        resolve(parseResult(text, where, receivedAt));
+      } catch (err) {
+        reject(err);
+      }
+    };
+    const read = (ended: boolean) => {
+      try {
+        const answer = parseAnswer(Buffer.concat(chunks), ended);
+        if (answer !== null) answered(answer);
+        else if (ended) fail(new LoginError(`${where}: the AS closed the connection before its answer was complete`));
+      } catch (err) {
+        fail(new LoginError(`${where}: ${(err as Error).message}`));
+      }
+    };
+    socket.on('error', fail);
+    socket.on('data', (chunk: Buffer) => {
+      if (settled) return;
+      size += chunk.length;
+      if (size > MAX_RESPONSE_BYTES) return fail(new LoginError(`${where}: answer over ${MAX_RESPONSE_BYTES} bytes`));
+      chunks.push(chunk);
+      read(false);
     });
-    req.end(body);
+    socket.on('end', () => settled || read(true));
+    socket.on('close', () => fail(new LoginError(`${where}: connection closed without an answer`)));
+    socket.write(
+      `POST ${endpoint.pathname} HTTP/1.1\r\nhost: ${endpoint.host}\r\ncontent-type: application/json\r\n`
+      + `content-length: ${Buffer.byteLength(body)}\r\naccept: application/json\r\nconnection: close\r\n\r\n${body}`,
+    );
   });
+}
+
+interface HttpAnswer {
+  status: number;
+  /** lower-case names */
+  headers: Map<string, string>;
+  body: Buffer;
+}
+
+/**
+ * An HTTP/1.1 answer from what has arrived: null while it is incomplete. The body ends by its
+ * content-length, its last chunk (chunked transfer coding) or, with neither, the end of the
+ * connection (`ended`). A malformed answer throws.
+ */
+export function parseAnswer(raw: Buffer, ended: boolean): HttpAnswer | null {
+  const headEnd = raw.indexOf('\r\n\r\n');
+  if (headEnd < 0) return null;
+  const [statusLine, ...lines] = raw.subarray(0, headEnd).toString('latin1').split('\r\n');
+  const status = /^HTTP\/1\.[01] (\d{3})(?: |$)/.exec(statusLine!);
+  if (status === null) throw new Error(`not an HTTP/1.1 answer: ${JSON.stringify(statusLine!.slice(0, 40))}`);
+  const headers = new Map<string, string>();
+  for (const line of lines) {
+    const colon = line.indexOf(':');
+    if (colon <= 0) throw new Error(`malformed header line ${JSON.stringify(line.slice(0, 40))}`);
+    headers.set(line.slice(0, colon).trim().toLowerCase(), line.slice(colon + 1).trim());
+  }
+  const rest = raw.subarray(headEnd + 4);
+  const answer = (body: Buffer): HttpAnswer => ({ status: Number(status[1]), headers, body });
+  if (/(^|,)\s*chunked\s*$/i.test(headers.get('transfer-encoding') ?? '')) {
+    const parts: Buffer[] = [];
+    for (let at = 0; ; ) {
+      const lineEnd = rest.indexOf('\r\n', at);
+      if (lineEnd < 0) return null;
+      const size = Number.parseInt(rest.subarray(at, lineEnd).toString('latin1'), 16);
+      if (!Number.isInteger(size) || size < 0) throw new Error('malformed chunked body');
+      if (size === 0) return answer(Buffer.concat(parts));
+      if (rest.length < lineEnd + 2 + size + 2) return null;
+      parts.push(rest.subarray(lineEnd + 2, lineEnd + 2 + size));
+      at = lineEnd + 2 + size + 2;
+    }
+  }
+  const lengthHeader = headers.get('content-length');
+  if (lengthHeader !== undefined) {
+    const length = /^\d+$/.test(lengthHeader) ? Number(lengthHeader) : NaN;
+    if (!Number.isSafeInteger(length)) throw new Error(`malformed content-length ${JSON.stringify(lengthHeader)}`);
+    return rest.length >= length ? answer(rest.subarray(0, length)) : null;
+  }
+  return ended ? answer(rest) : null;
 }
