@@ -118,7 +118,10 @@ export function apiCall(path: string, cmd: string, args: Record<string, unknown>
     });
     c.on('error', (e) => {
       clearTimeout(timer);
-      reject(new Error(`${path}: ${e.message} (is the router daemon running?)`));
+      const code = (e as NodeJS.ErrnoException).code;
+      // The socket is root's (mode 0600): a user who is not gets EACCES from a running daemon.
+      const hint = code === 'EACCES' || code === 'EPERM' ? 'the API socket is root-only: run this as root (e.g. with sudo)' : code === 'ENOENT' || code === 'ECONNREFUSED' ? 'is the router daemon running?' : null;
+      reject(new Error(`${path}: ${e.message}${hint ? ` (${hint})` : ''}`));
     });
   });
 }

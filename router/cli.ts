@@ -6,6 +6,7 @@ import { parseArgs } from 'node:util';
 import { decodeSockaddr, formatEndpoint } from '../protocol/endpoint.js';
 import { type Engine } from '../tunnel/engine.js';
 import { ConfigError } from '../protocol/config.js';
+import { packageVersion } from '../protocol/version.js';
 import { loadStaticConfig } from './static-config.js';
 import { startStaticTunnel } from './static-tunnel.js';
 import { apiCall } from './api.js';
@@ -27,6 +28,7 @@ Commands:
   router --uci CONFIG    The same, configured from UCI (/etc/config/CONFIG, normally
                          ntmobile; docs/openwrt.md). SIGHUP re-reads it.
   router … --check       Validate the configuration and exit (0 valid, 2 invalid).
+  router … --verbose     Log the protocol sequence (as logLevel "debug").
   router … --ubus PATH   Publish the ubus object \`ntmobile\` on this ubusd socket (default with
                          --uci: /var/run/ubus/ubus.sock; docs/ubus.md).
   status                 The running daemon's state, registrations and counters.
@@ -34,10 +36,13 @@ Commands:
   ping NAME [-c N]       Resolve NAME through NTMobile (sets up the tunnel) and ping its VIP.
   tunnel --config FILE   Bring up one node with static peers and keys (debugging, interop).
                          File format: docs/static-tunnel.md
+  --version              The package's version.
+  help, --help, -h       This help (also after any command: ntmobile status --help).
 
-Options for status, peers, ping:
+Options for status, peers, ping (the API socket is root's: run them as root):
   --socket PATH          The daemon's API socket (default /var/run/ntmobile.sock).
   --json                 Print JSON instead of text.
+  -c N                   (ping) Send N echo requests (default 3).
 
 Options for tunnel:
   --config FILE          The node's configuration (JSON).
@@ -45,6 +50,9 @@ Options for tunnel:
   --check                Validate the configuration and exit (0 valid, 2 invalid).
   --verbose              Print what the node sets up.
   -h, --help             This help.
+
+Exit status: 0 done (router, tunnel: stopped by a signal); 1 failed (the daemon could not start
+or answer; ping: no reply came back); 2 bad command line or configuration (nothing was started).
 
 Signals: SIGINT/SIGTERM stop the node and remove its TUN device; SIGHUP reloads the router
 daemon's configuration (an invalid one is logged and the running one stays); SIGUSR1 prints
@@ -216,22 +224,30 @@ async function router(argv: string[]): Promise<void> {
 async function client(command: 'status' | 'peers' | 'ping', argv: string[]): Promise<void> {
   const { values, positionals } = parseArgs({
     args: argv,
-    options: { socket: { type: 'string', default: '/var/run/ntmobile.sock' }, json: { type: 'boolean', default: false }, count: { type: 'string', short: 'c', default: '3' } },
+    options: {
+      socket: { type: 'string', default: '/var/run/ntmobile.sock' },
+      json: { type: 'boolean', default: false },
+      ...(command === 'ping' ? { count: { type: 'string', short: 'c', default: '3' } } : {}),
+      help: { type: 'boolean', short: 'h', default: false },
+    },
     allowPositionals: command === 'ping',
     strict: true,
   });
+  if (values.help) {
+    process.stdout.write(USAGE);
+    return;
+  }
   const args: Record<string, unknown> = {};
   if (command === 'ping') {
     if (positionals.length !== 1) fail('ping: give one NAME');
     args.name = positionals[0];
     args.count = Number(values.count);
+    if (!Number.isInteger(args.count) || (args.count as number) < 1) fail(`ping: -c ${String(values.count)}: want a whole number of at least 1`);
   }
   const result = await apiCall(values.socket, command, args);
-  if (values.json) {
-    process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
-    return;
-  }
-  process.stdout.write(formatResult(command, result));
+  process.stdout.write(values.json ? `${JSON.stringify(result, null, 2)}\n` : formatResult(command, result));
+  // Like ping(8): no reply at all is a failure a script can test for.
+  if (command === 'ping' && (result as { received: number }).received === 0) process.exitCode = 1;
 }
 
 function formatResult(command: string, r: unknown): string {
@@ -268,6 +284,9 @@ async function main(): Promise<void> {
       return client(command, rest);
     case 'tunnel':
       return tunnel(rest);
+    case '--version':
+      process.stdout.write(`ntmobile (${packageVersion()})\n`);
+      return;
     case undefined:
     case '-h':
     case '--help':
