@@ -12,6 +12,7 @@ import { startStaticTunnel } from './static-tunnel.js';
 import { apiCall } from './api.js';
 import { loadRouterConfig, type RouterConfig } from './config.js';
 import { createLogger } from './log.js';
+import { preflight, PreflightError } from './preflight.js';
 import { loadUciConfig } from './uci-config.js';
 import { UbusApi } from './ubus-api.js';
 
@@ -153,6 +154,12 @@ async function router(argv: string[]): Promise<void> {
   if (values.check) {
     process.stdout.write(`${source}: valid\n`);
     return;
+  }
+  try {
+    preflight(config);
+  } catch (e) {
+    if (e instanceof PreflightError) fail(`${e.message}; not started`, 1);
+    throw e;
   }
   const logger = createLogger(values.verbose ? 'debug' : config.logLevel);
   let daemon = new RouterDaemon(config, logger);

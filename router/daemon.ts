@@ -255,7 +255,7 @@ export class RouterDaemon {
     mkdirSync(dirname(c.socketPath), { recursive: true });
     await this.api.start();
     this.device = await TunDevice.open({ name: c.tun.name, mtu: c.tun.mtu, addresses: [] });
-    this.socket = UdpSocket.open({ bindAddress: c.listen.address, port: c.listen.port });
+    this.socket = portOrField(() => UdpSocket.open({ bindAddress: c.listen.address, port: c.listen.port }), 'listen.port', `UDP ${c.listen.address} port ${c.listen.port}`);
     await this.uplinkPolicy.start(this.socket.port);
     this.engine = new Engine(this.device, this.socket, this.table, { onControl: (msg, from) => this.channel.receive(msg, from) });
     this.engine.start();
@@ -275,7 +275,7 @@ export class RouterDaemon {
       resolve: (name) => this.resolveName(name),
       onError: (e) => this.log(`dns: ${(e as Error).message ?? String(e)}`),
     });
-    await this.dnsHook.start();
+    await portOrField(() => this.dnsHook!.start(), 'dns.port', `DNS ${c.dns.address} port ${c.dns.port}`);
     if (c.publish.some((p) => p.mac !== null)) this.leases.start();
     this.logger.info(`listening on UDP ${this.socket.port}, TUN ${this.device.name}, DNS ${c.dns.address}:${this.dnsHook.port}`);
     await this.connect();
@@ -965,6 +965,21 @@ function addrs(vip4: string | null, vip6: string | null): { a: string[]; aaaa: s
 
 function ignoreExists(e: Error): void {
   if (!/EEXIST/.test(e.message)) throw e;
+}
+
+/**
+ * `open()`, with a port already in use named by its config field (`bind [::]:4500: EADDRINUSE`
+ * alone does not say which setting to change).
+ */
+function portOrField<T>(open: () => T, field: string, what: string): T {
+  const named = (e: unknown): unknown =>
+    (e as NodeJS.ErrnoException).code === 'EADDRINUSE' ? new Error(`${field}: ${what} is in use by another program (\`ss -lnp\` shows which): stop it or choose another ${field}`) : e;
+  try {
+    const r = open();
+    return (r instanceof Promise ? r.catch((e: unknown) => Promise.reject(named(e))) : r) as T;
+  } catch (e) {
+    throw named(e);
+  }
 }
 
 function sleep(ms: number): Promise<void> {

@@ -122,3 +122,13 @@ t.test('a wrong password: one attempt, a clear status and log, and the account s
   await right.stop();
   await as.stop();
 });
+
+t.test('a port in use is named by its config field', async (t) => {
+  const holder = start(['-e', "require('node:dgram').createSocket('udp6').bind(4500, () => console.log('bound'))"]);
+  await holder.waitFor('stdout', /^bound$/m);
+  const r = start([join(DIST, 'router/cli.js'), 'router', '--config', routerConfig('the right one')]);
+  const code = await new Promise<number | null>((done) => r.child.on('exit', (c) => done(c)));
+  t.equal(code, 1, 'exit 1');
+  t.match(r.out.stderr, /listen\.port: UDP :: port 4500 is in use by another program .*choose another listen\.port/, 'names listen.port');
+  await holder.stop();
+});
