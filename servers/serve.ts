@@ -23,8 +23,20 @@ export interface ServeSpec<C, S extends Servable> {
   create: (config: C & { verbose: boolean }) => S;
   /** The files the config names, checked before anything starts (readable, secrets 0600). */
   files: (config: C) => readonly FileField[];
+  /** The config's port fields, to name the one whose port is in use. */
+  ports: (config: C) => readonly { field: string; port: number }[];
   /** What follows "ready " once the server listens. */
   ready: (config: C, server: S) => string;
+}
+
+/**
+ * A start error for a port already in use (`bind [::]:4500: EADDRINUSE`, `listen EADDRINUSE: …
+ * :::4501`), with the config field of that port in front; any other error as it is.
+ */
+export function namePortInUse(e: Error, ports: readonly { field: string; port: number }[]): Error {
+  if (!/EADDRINUSE/.test(e.message)) return e;
+  const fields = ports.filter((p) => p.port !== 0 && new RegExp(`[:\\]]${p.port}(?!\\d)`).test(e.message)).map((p) => p.field);
+  return new Error(`${fields.join(' or ') || 'a port'}: ${e.message}: in use by another program (\`ss -lnp\` shows which): stop it or choose another port`);
 }
 
 export function runServerCli<C, S extends Servable>(spec: ServeSpec<C, S>): void {
@@ -67,7 +79,7 @@ async function serve<C, S extends Servable>(spec: ServeSpec<C, S>): Promise<void
     return;
   }
   const server = spec.create({ ...config, verbose: values.verbose });
-  await server.start();
+  await server.start().catch((e: Error) => Promise.reject(namePortInUse(e, spec.ports(config))));
   process.stdout.write(`ready ${spec.ready(config, server)}\n`);
   const writeStatus = (): void => {
     // Replaced whole: a reader never sees a half-written file.

@@ -208,3 +208,18 @@ for (const p of programs) {
     }
   });
 }
+
+t.test('a port in use is named by its config field', async (t) => {
+  const { namePortInUse } = await import('../servers/serve.js');
+  const ports = [
+    { field: 'listen.port', port: 4500 },
+    { field: 'tls.port', port: 4501 },
+    { field: 'dns.port', port: 53 },
+  ];
+  t.match(namePortInUse(new Error('bind [::]:4500: EADDRINUSE'), ports).message, /^listen\.port: bind \[::\]:4500: EADDRINUSE: in use by another program/);
+  t.match(namePortInUse(new Error('listen EADDRINUSE: address already in use :::4501'), ports).message, /^tls\.port: /);
+  t.match(namePortInUse(new Error('bind EADDRINUSE 127.0.0.1:53'), ports).message, /^dns\.port: /);
+  t.match(namePortInUse(new Error('listen EADDRINUSE: address already in use :::45011'), ports).message, /^a port: /, 'no field for another port');
+  const other = new Error('EACCES');
+  t.equal(namePortInUse(other, ports), other, 'other errors as they are');
+});

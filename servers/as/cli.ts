@@ -10,6 +10,7 @@ import { ConfigError, int, known, loadConfigFile, obj, parseJsonObject, str, Usa
 import { packageVersion } from '../../protocol/version.js';
 import type { KeyDistributorOptions } from './key-distribution.js';
 import { AsServer, type LoginLimits } from './server.js';
+import { namePortInUse } from '../serve.js';
 import { tlsFileFields } from '../tls.js';
 import { AccountStore, StoreError, type Account } from './store.js';
 
@@ -143,7 +144,7 @@ async function serve(argv: string[]): Promise<void> {
     keyLifetimeSeconds: config.keyLifetimeSeconds,
     log: (event) => values.verbose && process.stderr.write(`${JSON.stringify({ time: new Date().toISOString(), ...event })}\n`),
   });
-  const { port } = await server.start();
+  const { port } = await server.start().catch((e: Error) => Promise.reject(namePortInUse(e, [{ field: 'listen.port', port: config.listen.port }])));
   process.stdout.write(`ready port ${port}\n`);
   const stop = () => void server.stop().then(() => process.exit(0));
   process.on('SIGINT', stop);

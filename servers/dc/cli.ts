@@ -53,6 +53,11 @@ runServerCli({
   usage: USAGE,
   parse: parseDcConfig,
   files: (config) => tlsFileFields(config.tls),
+  ports: (config) => [
+    { field: 'listen.port', port: config.listen.port },
+    { field: 'tls.port', port: config.tls.port },
+    ...(config.dns ? [{ field: 'dns.port', port: config.dns.port }] : []),
+  ],
   create: (config) => new DirectionCoordinator(config),
   ready: (config, dc) => `${config.zone} udp ${dc.port} tls ${dc.tlsPort}`,
 });

@@ -44,6 +44,11 @@ runServerCli({
   usage: USAGE,
   parse: parseNsConfig,
   files: (config) => [...tlsFileFields(config.tls), ...(config.broker.type === 'external' && config.broker.caFile !== null ? [{ field: 'broker.ca', path: config.broker.caFile }] : [])],
+  ports: (config) => [
+    { field: 'listen.port', port: config.listen.port },
+    { field: 'tls.port', port: config.tls.port },
+    ...(config.broker.type === 'embedded' ? [{ field: 'broker.port', port: config.broker.port }] : []),
+  ],
   create: (config) => new NotificationServer(config),
   ready: (config, ns) => `${config.name} udp ${ns.port} tls ${ns.tlsPort} mqtt ${ns.brokerPort ?? config.broker.publicUrl}`,
 });

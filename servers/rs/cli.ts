@@ -40,6 +40,10 @@ runServerCli({
   usage: USAGE,
   parse: parseRsConfig,
   files: (config) => tlsFileFields(config.tls),
+  ports: (config) => [
+    { field: 'listen.port', port: config.listen.port },
+    { field: 'tls.port', port: config.tls.port },
+  ],
   create: (config) => new RelayServer(config),
   ready: (config, rs) => `${config.name} udp ${rs.port} tls ${rs.tlsPort}${config.gateway ? ` gateway ${config.gateway.tun}` : ''}`,
 });
