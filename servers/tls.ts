@@ -200,17 +200,18 @@ export async function listenFirstContact<R extends keyof typeof FIRST_CONTACT>(
 
 /**
  * A server's own certificate must name it and carry its role (`dc`: its zone; `rs`, `ns`: its
- * name): the AS and the DCs refuse it otherwise, long after the server said `ready`.
+ * name; `as`: the role only, for Key Distribution): the AS and the DCs refuse it otherwise, long
+ * after the server said `ready`.
  */
-export function checkOwnCertificate(certFile: string, name: string, role: 'dc' | keyof typeof FIRST_CONTACT): void {
+export function checkOwnCertificate(certFile: string, name: string | null, role: 'as' | 'dc' | keyof typeof FIRST_CONTACT, field = 'tls.cert'): void {
   let cert: X509Certificate;
   try {
     cert = new X509Certificate(readFileSync(certFile));
   } catch (e) {
-    throw new Error(`tls.cert ${certFile}: ${(e as Error).message}`);
+    throw new Error(`${field} ${certFile}: ${(e as Error).message}`);
   }
-  if (cert.checkHost(name, { wildcards: false }) === undefined) throw new Error(`tls.cert ${certFile}: does not name ${name} (subjectAltName ${cert.subjectAltName ?? 'none'})`);
+  if (name !== null && cert.checkHost(name, { wildcards: false }) === undefined) throw new Error(`${field} ${certFile}: does not name ${name} (subjectAltName ${cert.subjectAltName ?? 'none'})`);
   // The role as the DCs will read it from the TLS session (servers/identity.ts).
   const found = peerIdentity(cert.toLegacyObject()).role;
-  if (found !== role) throw new Error(`tls.cert ${certFile}: role (OU) ${found ?? 'none or several'}, want ${role} (${role === 'dc' ? 'the AS and other DCs' : 'DCs'} refuse it otherwise; issue one with OU ${role})`);
+  if (found !== role) throw new Error(`${field} ${certFile}: role (OU) ${found ?? 'none or several'}, want ${role} (${role === 'rs' || role === 'ns' ? 'DCs' : role === 'as' ? 'the DCs' : 'the AS and other DCs'} refuse it otherwise; issue one with OU ${role})`);
 }

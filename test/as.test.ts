@@ -409,6 +409,12 @@ t.test('cli: serve answers health and logins, and fails the login when no DC ack
   const refused = spawnSync(process.execPath, [cli, 'serve', '--config', bad], { encoding: 'utf8' });
   t.equal(refused.status, 2);
   t.match(refused.stderr, /bad-config\.json: listen\.port: 70000 is not an integer in 0\.\.65535/);
+  const dcCert = pki.issue('not-the-as', { dns: ['dc.example.test'], role: 'dc' });
+  const wrongRole = join(tmp, 'wrong-role.json');
+  writeFileSync(wrongRole, JSON.stringify({ ...JSON.parse(readFileSync(config, 'utf8')), keyDistribution: { ca: pki.caFile, cert: dcCert.certFile, key: dcCert.keyFile } }));
+  const notAs = spawnSync(process.execPath, [cli, 'serve', '--config', wrongRole], { encoding: 'utf8' });
+  t.equal(notAs.status, 1, 'another role\'s certificate: not started');
+  t.match(notAs.stderr, /keyDistribution\.cert .*not-the-as\.crt: role \(OU\) dc, want as/, 'names the field and the role');
 
   const child = spawn(process.execPath, [cli, 'serve', '--config', config, '--verbose'], { stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';

@@ -11,7 +11,7 @@ import { packageVersion } from '../../protocol/version.js';
 import type { KeyDistributorOptions } from './key-distribution.js';
 import { AsServer, type LoginLimits } from './server.js';
 import { namePortInUse } from '../serve.js';
-import { tlsFileFields } from '../tls.js';
+import { checkOwnCertificate, tlsFileFields } from '../tls.js';
 import { AccountStore, StoreError, type Account } from './store.js';
 
 const USAGE = `Usage: node dist/servers/as/cli.js <command> [options]
@@ -131,6 +131,8 @@ async function serve(argv: string[]): Promise<void> {
     ...tlsFileFields(c.keyDistribution, 'keyDistribution.'),
   ]);
   if (values.check) return void process.stdout.write(`${values.config}: valid\n`);
+  // The DCs take Key Distribution only from a certificate with role as.
+  checkOwnCertificate(config.keyDistribution.certFile, null, 'as', 'keyDistribution.cert');
   const store = AccountStore.open(config.store);
   const { makeKeyDistributor } = await import('./key-distribution.js');
   const server = new AsServer({
