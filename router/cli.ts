@@ -12,6 +12,7 @@ import { startStaticTunnel } from './static-tunnel.js';
 import { apiCall } from './api.js';
 import { loadRouterConfig, type RouterConfig } from './config.js';
 import { createLogger } from './log.js';
+import { starterConfig } from './init.js';
 import { preflight, PreflightError } from './preflight.js';
 import { loadUciConfig } from './uci-config.js';
 import { UbusApi } from './ubus-api.js';
@@ -37,6 +38,9 @@ Commands:
   ping NAME [-c N]       Resolve NAME through NTMobile (sets up the tunnel) and ping its VIP.
   tunnel --config FILE   Bring up one node with static peers and keys (debugging, interop).
                          File format: docs/static-tunnel.md
+  init [--name FQDN] [--email E]
+                         Print a starter router config: every field with its default
+                         (docs/router.md says what each means), e.g. > /etc/ntmobile/router.json
   --version              The package's version.
   help, --help, -h       This help (also after any command: ntmobile status --help).
 
@@ -291,6 +295,11 @@ async function main(): Promise<void> {
       return client(command, rest);
     case 'tunnel':
       return tunnel(rest);
+    case 'init': {
+      const { values } = parseArgs({ args: rest, options: { name: { type: 'string' }, email: { type: 'string' }, help: { type: 'boolean', short: 'h', default: false } }, strict: true });
+      process.stdout.write(values.help ? USAGE : `${JSON.stringify(starterConfig(values.name, values.email), null, 2)}\n`);
+      return;
+    }
     case '--version':
       process.stdout.write(`ntmobile (${packageVersion()})\n`);
       return;

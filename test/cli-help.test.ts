@@ -4,7 +4,7 @@
 // the socket is root-only instead of asking whether the daemon runs.
 
 import { spawn, spawnSync } from 'node:child_process';
-import { chmodSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -88,4 +88,24 @@ t.test('ntmobile ping: exit 1 without a reply; status: the socket is root-only',
   t.equal(user.status, 1, 'not root: exit 1');
   t.match(user.stderr, /EACCES.*the API socket is root-only: run this as root/, 'says why');
   t.notMatch(user.stderr, /is the router daemon running/);
+});
+
+t.test('ntmobile init: a starter config with every documented field, valid as it is', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'ntm-init-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const r = run('router/cli.js', ['init', '--name', 'r9.fleet1.test', '--email', 'r9@fleet1.test']);
+  t.equal(r.status, 0, 'exit 0');
+  const starter = JSON.parse(r.stdout) as Record<string, unknown>;
+  t.equal(starter.name, 'r9.fleet1.test');
+  // docs/router.md's Configuration table is the reference: the starter has each of its fields.
+  const doc = readFileSync(join(ROOT, 'docs/router.md'), 'utf8');
+  const section = doc.slice(doc.indexOf('\n## Configuration'), doc.indexOf('\n## ', doc.indexOf('\n## Configuration') + 1));
+  const fields = [...new Set([...section.matchAll(/^\| `([A-Za-z0-9]+)/gm)].map((m) => m[1]!))];
+  t.ok(fields.length > 15, `the table lists ${fields.length} fields`);
+  for (const f of fields) t.ok(f in starter, `has ${f}`);
+  writeFileSync(join(dir, 'router.json'), r.stdout);
+  writeFileSync(join(dir, 'router.password'), 'a password\n', { mode: 0o600 });
+  writeFileSync(join(dir, 'ca.crt'), 'the operator CA\n');
+  const check = run('router/cli.js', ['router', '--config', join(dir, 'router.json'), '--check']);
+  t.equal(check.status, 0, `router --check accepts it (${check.stderr.trim()})`);
 });
