@@ -272,6 +272,11 @@ export class RouterDaemon {
       port: c.dns.port,
       domains: [...new Set([...c.dns.domains, ...c.general.viaRelay])],
       timeoutMs: c.dns.timeoutMs,
+      // The LAN's resolver (dnsmasq) caches our answers for the TTL. After the daemon starts
+      // again (a crash, an update, a reload that restarts it) a cached answer names a VIP the new
+      // daemon has no tunnel to until the LAN asks again: a short TTL bounds that. A repeated
+      // question for a name with a tunnel is answered from the tunnel table, not the DC.
+      ttl: 5,
       resolve: (name) => this.resolveName(name),
       onError: (e) => this.log(`dns: ${(e as Error).message ?? String(e)}`),
     });
