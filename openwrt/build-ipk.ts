@@ -455,7 +455,7 @@ export function writeControl(dir: string, info: PackageInfo, arch: string, insta
 }
 
 /** A deterministic gzip'd tar of a folder's contents (./…), owned by root. */
-function tarGz(cwd: string, members: string[], out: string, mtime: number): void {
+export function tarGz(cwd: string, members: string[], out: string, mtime: number): void {
   execFileSync('tar', [
     '--owner=0', '--group=0', '--numeric-owner', '--sort=name', `--mtime=@${mtime}`, '--format=gnu',
     '--use-compress-program=gzip -9n', '-C', cwd, '-cf', out, ...members,
@@ -463,7 +463,7 @@ function tarGz(cwd: string, members: string[], out: string, mtime: number): void
 }
 
 /** The time stamp of the files: SOURCE_DATE_EPOCH, else the last commit, else now. */
-function sourceDate(): number {
+export function sourceDate(): number {
   if (process.env.SOURCE_DATE_EPOCH) return Number(process.env.SOURCE_DATE_EPOCH);
   try {
     return Number(execFileSync('git', ['-C', REPO, 'log', '-1', '--format=%ct'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim());

@@ -9,12 +9,11 @@
 // It also keeps po/templates/ntmobile.pot in step with the strings the pages translate (`_()` in
 // the views, the titles in menu.d, the descriptions in acl.d): the build fails when the template
 // misses one, and `--pot` writes it anew.
-import { execFileSync } from 'node:child_process';
 import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { BuildError, controlDepends, parseMakefile, REPO, treeSize, writeControl, type PackageInfo } from './build-ipk.js';
+import { BuildError, controlDepends, parseMakefile, REPO, sourceDate, tarGz, treeSize, writeControl, type PackageInfo } from './build-ipk.js';
 
 export const APP_DIR = path.join(REPO, 'openwrt/luci/luci-app-ntmobile');
 export const POT = path.join(APP_DIR, 'po/templates/ntmobile.pot');
@@ -150,23 +149,6 @@ function copyInto(src: string, dst: string): void {
       copyFileSync(from, to);
       chmodSync(to, statSync(from).mode & 0o111 ? 0o755 : 0o644);
     }
-  }
-}
-
-/** A deterministic gzip'd tar of members of `cwd`, owned by root (as build-ipk.ts writes them). */
-function tarGz(cwd: string, members: string[], out: string, mtime: number): void {
-  execFileSync('tar', [
-    '--owner=0', '--group=0', '--numeric-owner', '--sort=name', `--mtime=@${mtime}`, '--format=gnu',
-    '--use-compress-program=gzip -9n', '-C', cwd, '-cf', out, ...members,
-  ]);
-}
-
-function sourceDate(): number {
-  if (process.env.SOURCE_DATE_EPOCH) return Number(process.env.SOURCE_DATE_EPOCH);
-  try {
-    return Number(execFileSync('git', ['-C', REPO, 'log', '-1', '--format=%ct'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim());
-  } catch {
-    return Math.floor(Date.now() / 1000);
   }
 }
 
